@@ -1,0 +1,40 @@
+# detcli developer targets. `make demo` and `make test` are README's first commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# toy train -> eval -> predict -> export, all on CPU
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/detcli train experiment=toy hydra.run.dir=$(DEMO)/train
+	$(BIN)/detcli eval checkpoint=$(DEMO)/train/checkpoints/best.pt hydra.run.dir=$(DEMO)/eval
+	$(BIN)/detcli predict checkpoint=$(DEMO)/train/checkpoints/best.pt source=$(DEMO)/train/samples hydra.run.dir=$(DEMO)/predict
+	$(BIN)/detcli export checkpoint=$(DEMO)/train/checkpoints/best.pt format=onnx hydra.run.dir=$(DEMO)/export
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check detcli tests scripts
+
+bench: install
+	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_infer.py
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info

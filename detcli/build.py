@@ -1,0 +1,35 @@
+"""Config -> objects. Structural arguments (channels, strides, number of classes) are injected here,
+from the part that knows them, so the YAML never repeats them."""
+
+from __future__ import annotations
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from detcli.errors import ConfigError, DetcliError
+from detcli.models.detector import Detector
+
+
+def instantiate_group(group: str, node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, with a failure that names the config group and its _target_."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, DetcliError):
+            raise cause from None
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        raise ConfigError(f"{group}: could not build '{target}': {cause or e}") from e
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> Detector:
+    backbone = instantiate_group("backbone", cfg.backbone)
+    neck = instantiate_group("neck", cfg.neck, in_channels=backbone.out_channels, in_strides=backbone.strides)
+    strides = list(neck.strides)
+    head = instantiate_group(
+        "head", cfg.head, in_channels=neck.out_channels, strides=strides, num_classes=num_classes
+    )
+    criterion = instantiate_group("loss", cfg.loss, num_classes=num_classes, assigner={"strides": strides})
+    postprocess = instantiate_group("postprocess", cfg.postprocess, num_classes=num_classes)
+    return Detector(backbone, neck, head, criterion, postprocess)

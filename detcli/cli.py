@@ -1,0 +1,156 @@
+"""`detcli SUBCOMMAND [hydra overrides]`: dispatch to a Hydra app per subcommand. No training logic here."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+import sys
+
+from detcli import __version__
+
+COMMANDS = {
+    "train": "train a detector: detcli train head=fcos backbone=resnet50 data=coco data.train_ann=...",
+    "eval": "COCO metrics of a checkpoint on its (or another) val set: detcli eval checkpoint=PATH",
+    "predict": "detect objects in images: detcli predict checkpoint=PATH source=IMAGE|DIR|GLOB",
+    "export": "ONNX / TorchScript with NMS, checked against PyTorch: detcli export checkpoint=PATH format=onnx",
+}
+
+
+def config_dir() -> str:
+    """The shipped configs: detcli/configs in an installed wheel, the repo's configs/ in a source checkout."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"detcli's configs are missing next to {package}; reinstall detcli.")
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"detcli {__version__}: config-driven object detection in plain PyTorch", "",
+             "usage: detcli SUBCOMMAND [key=value ...] [-m] [--cfg job] [--help]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`detcli SUBCOMMAND --help` lists the config groups and keys of a subcommand."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"detcli {__version__}")
+        return 0
+    cmd, rest = args[0], args[1:]
+    if cmd not in COMMANDS:
+        close = difflib.get_close_matches(cmd, COMMANDS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        print(f"detcli: unknown subcommand '{cmd}'.{hint} Subcommands: {', '.join(COMMANDS)}.", file=sys.stderr)
+        return 2
+    error = check_overrides(cmd, rest)
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    return run_hydra(cmd, rest)
+
+
+def run_hydra(cmd: str, rest: list[str]) -> int:
+    import hydra
+
+    from detcli.errors import DetcliError
+
+    task = importlib.import_module(f"detcli.tasks.{cmd}")
+
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=cmd)
+    def _run(cfg):
+        try:
+            return task.run(cfg)
+        except DetcliError as e:
+            print(f"detcli {cmd}: error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+
+    sys.argv = [f"detcli {cmd}", *rest]
+    _run()
+    return 0
+
+
+def check_overrides(cmd: str, args: list[str]) -> str | None:
+    """Compose the config once with the command line's overrides (sweeps reduced to their first value)
+    and explain what does not fit, naming the key and the closest valid one. None when all is well."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    ns, _ = get_args_parser().parse_known_args(args)
+    if ns.help or ns.hydra_help or ns.config_dir or ns.config_path or ns.config_name or ns.shell_completion:
+        return None  # Hydra's own handling (and user config folders Hydra will add)
+    try:
+        parsed = OverridesParser.create().parse_overrides(ns.overrides)
+    except HydraException as e:
+        return f"detcli {cmd}: cannot parse the overrides: {e}"
+    overrides = [_first_value(o) for o in parsed if _checkable(o)]
+    try:
+        _compose(cmd, overrides)
+    except HydraException as e:
+        return _explain(cmd, e, overrides)
+    return None
+
+
+def _checkable(o) -> bool:
+    key = o.get_key_element().lstrip("+~")
+    return not key.startswith("hydra") or key.startswith("hydra.searchpath")
+
+
+def _first_value(o) -> str:
+    if o.is_sweep_override():
+        return f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+    return o.input_line
+
+
+def _compose(cmd: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name=cmd, overrides=overrides)
+
+
+def _explain(cmd: str, error: Exception, overrides: list[str]) -> str:
+    from hydra.errors import MissingConfigException
+
+    text = " ".join(str(e).strip() for e in (error, error.__cause__) if e is not None and str(e).strip())
+    if isinstance(error, MissingConfigException) and error.options:
+        group = error.missing_cfg_file.rsplit("/", 1)
+        close = difflib.get_close_matches(group[-1], error.options, n=1)
+        hint = f" Did you mean '{group[0]}={close[0]}'?" if close and len(group) == 2 else ""
+        return (f"detcli {cmd}: there is no config '{error.missing_cfg_file}'.{hint} "
+                f"Available: {', '.join(sorted(error.options))}.")
+    match = re.search(r"Could not override '([^']+)'", text)
+    if match:
+        key = match.group(1)
+        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            keys = _flat_keys(_compose(cmd, rest))
+        except Exception:  # noqa: BLE001 - without the other overrides we still report the key
+            keys = []
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return (f"detcli {cmd}: '{key}' is not a config key.{hint} `detcli {cmd} --cfg job` prints every key; "
+                f"to add a new one on purpose, write '+{key}=...'.")
+    return f"detcli {cmd}: the config cannot be composed: {text}"
+
+
+def _flat_keys(cfg, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    for k in cfg.keys():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig):
+            keys += _flat_keys(node, full + ".")
+    return keys

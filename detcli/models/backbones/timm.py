@@ -1,0 +1,120 @@
+"""Any timm model as a multi-scale backbone (features_only).
+
+The levels handed to the neck are found by stride through timm's feature_info, not by index, so
+resnets, convnexts, efficientnets and channels-last transformers (swin) all plug in the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from detcli.errors import ConfigError
+
+
+class TimmBackbone(nn.Module):
+    """features_only timm model -> list of feature maps at `strides`, NCHW.
+
+    Advertises `out_channels` and `strides` (one per returned level) and the normalisation
+    (`mean`, `std`, on a 0-1 pixel scale) of its pretrained config.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        weights: str | None = None,
+        strides: list[int] = (8, 16, 32),
+        freeze_at: int = 0,
+        model_kwargs: dict | None = None,
+    ):
+        super().__init__()
+        self.name = name
+        self.body = _create(name, pretrained, weights, dict(model_kwargs or {}))
+        info = self.body.feature_info
+        reductions, channels = info.reduction(), info.channels()
+        self.indices = [_level_of(stride, reductions, name) for stride in strides]
+        self.strides = [int(reductions[i]) for i in self.indices]
+        self.out_channels = [int(channels[i]) for i in self.indices]
+        self.channels_last_output = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
+        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        self.freeze_at = freeze_at
+        if freeze_at > 0:
+            self._freeze(freeze_at)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = self.body(x)
+        feats = [feats[i] for i in self.indices]
+        if self.channels_last_output:  # swin & co. return (B, H, W, C)
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
+        return feats
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.body.set_grad_checkpointing(enable)
+
+    def _freeze(self, freeze_at: int) -> None:
+        """Freeze the stem (everything before the first stride-4 stage) and the first `freeze_at - 1`
+        stages; their BatchNorms become FrozenBatchNorm2d (timm.utils.freeze)."""
+        from timm.utils import freeze
+
+        info = self.body.feature_info
+        names = [_submodule_name(self.body, m) for m in info.module_name()]
+        stages = [m for m, r in zip(names, info.reduction()) if r >= 4]
+        early = [m for m, r in zip(names, info.reduction()) if r < 4]
+        first_top = stages[0].split(".")[0]
+        stem = []
+        for name, _ in self.body.named_children():
+            if name == first_top:
+                break
+            stem.append(name)
+        stem += [m for m in early if m.split(".")[0] == first_top]  # e.g. efficientnet blocks.0
+        freeze(self.body, submodules=stem + stages[: freeze_at - 1])
+
+
+def _submodule_name(body: nn.Module, name: str) -> str:
+    """feature_info names the original module ('stages.0'); FeatureListNet may flatten it ('stages_0')."""
+    try:
+        body.get_submodule(name)
+        return name
+    except AttributeError:
+        return name.replace(".", "_")
+
+
+def _level_of(stride: int, reductions: list[int], name: str) -> int:
+    """Index of the last feature level with the given reduction."""
+    matches = [i for i, r in enumerate(reductions) if int(r) == int(stride)]
+    if not matches:
+        raise ConfigError(
+            f"backbone.strides: timm model '{name}' has no feature level of stride {stride}; its "
+            f"levels have strides {list(reductions)}. Set backbone.strides to some of those."
+        )
+    return matches[-1]
+
+
+def _create(name: str, pretrained: bool, weights: str | None, kwargs: dict) -> nn.Module:
+    if name not in timm.list_models() and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ConfigError(f"backbone.name: '{name}' is not a timm model. Similar names: {close}.")
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"backbone.weights: file '{path}' does not exist.")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - network, hub and file errors all end here
+        if weights is None and pretrained:
+            raise ConfigError(
+                f"backbone.pretrained=true: could not fetch the pretrained weights of '{name}' "
+                f"({type(e).__name__}: {e}). On an offline machine either train from scratch with "
+                f"backbone.pretrained=false, or point backbone.weights=PATH at a local .pth/.safetensors file."
+            ) from e
+        if weights is not None:
+            raise ConfigError(f"backbone.weights: could not load '{weights}' into '{name}': {e}") from e
+        raise

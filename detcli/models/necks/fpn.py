@@ -1,0 +1,63 @@
+"""Feature Pyramid Network (Lin et al. 2017) with stride-2 extra levels (P6/P7 as in FCOS/RetinaNet)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+class FPN(nn.Module):
+    """C3..C5 -> P3..P5 (lateral 1x1 + top-down nearest upsampling + 3x3), then `extra_levels`
+    stride-2 3x3 convs (P6 from P5 when extra_from="output", from C5 when "input"; ReLU before P7).
+
+    Advertises `out_channels` (int, every level) and `strides` (one per output level).
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        in_strides: list[int],
+        out_channels: int = 256,
+        extra_levels: int = 2,
+        extra_from: str = "output",
+    ):
+        super().__init__()
+        if extra_from not in ("output", "input"):
+            raise ValueError(f"neck.extra_from must be 'output' or 'input', got '{extra_from}'")
+        self.out_channels = out_channels
+        self.strides = list(in_strides) + [in_strides[-1] * 2 ** (i + 1) for i in range(extra_levels)]
+        self.extra_from = extra_from
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        first_extra_in = out_channels if extra_from == "output" else in_channels[-1]
+        self.extra = nn.ModuleList(
+            nn.Conv2d(first_extra_in if i == 0 else out_channels, out_channels, 3, stride=2, padding=1)
+            for i in range(extra_levels)
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        if self.grad_checkpointing and self.training:
+            return checkpoint(self._forward, *feats, use_reentrant=False)
+        return self._forward(*feats)
+
+    def _forward(self, *feats: Tensor) -> list[Tensor]:
+        inner = self.lateral[-1](feats[-1])
+        outs = [self.output[-1](inner)]
+        for i in range(len(feats) - 2, -1, -1):
+            lateral = self.lateral[i](feats[i])
+            inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+            outs.insert(0, self.output[i](inner))
+        x = outs[-1] if self.extra_from == "output" else feats[-1]
+        for i, conv in enumerate(self.extra):
+            x = conv(x if i == 0 else F.relu(x))
+            outs.append(x)
+        return outs

@@ -1,0 +1,96 @@
+"""Every config option composes, and the model-building ones instantiate."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from detcli.build import build_model
+from detcli.cli import config_dir
+
+CONFIGS = Path(config_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_groups_have_the_promised_options():
+    assert {"resnet18", "resnet50", "convnext_tiny", "efficientnet_b0"} <= set(options("backbone"))
+    assert {"fpn"} <= set(options("neck")) and {"fcos"} <= set(options("head")) and {"fcos"} <= set(options("loss"))
+    assert {"toy", "coco"} <= set(options("data"))
+    assert {"default", "cpu", "gpu", "smoke"} <= set(options("trainer"))
+    assert {"toy", "coco_fcos_r50_1x"} <= set(options("experiment"))
+
+
+def test_every_default_key_is_commented():
+    """Each `key: value` line of a group default carries a `# (type) meaning` comment (interpolated
+    path keys and `_target_`/`defaults` lines excepted)."""
+    missing = []
+    for path in CONFIGS.rglob("*.yaml"):
+        if path.parent.name in ("experiment", "help"):
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            s = line.strip()
+            if (not s or s.startswith(("#", "-", "_")) or s.endswith(":") or "#" in line or "${" in line
+                    or s.startswith(("defaults", "hydra"))):
+                continue
+            missing.append(f"{path.relative_to(CONFIGS)}:{n}: {s}")
+    assert not missing, "keys without a comment:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("backbone", options("backbone"))
+def test_backbones_build_a_detector(backbone, cache_dir):
+    if backbone == "timm":
+        pytest.skip("the base config of the group")
+    cfg = compose_train(f"backbone={backbone}")
+    model = build_model(cfg, num_classes=3).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 96))
+    assert out["boxes"].shape == (1, cfg.postprocess.max_det, 4)
+
+
+@pytest.mark.parametrize("group", ["neck", "head", "loss", "trainer", "data", "experiment"])
+def test_every_option_composes(group):
+    for option in options(group):
+        cfg = compose_train(f"{group}={option}")
+        OmegaConf.to_container(cfg.trainer, resolve=True)
+        assert cfg.head._target_ and cfg.neck._target_ and cfg.loss._target_
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_instantiate_their_model_and_data(experiment, cache_dir):
+    cfg = compose_train(f"experiment={experiment}", "backbone.pretrained=false", "data.num_train=8", "data.num_val=4")
+    build_model(cfg, num_classes=5)
+    data = instantiate(cfg.data)
+    if experiment == "toy":
+        assert data.num_classes == 3 and len(data.dataset("train")) == 8
+    instantiate(cfg.trainer.optimizer)
+
+
+def test_head_brings_its_neck_and_loss_and_r50_composes():
+    cfg = compose_train("head=fcos", "backbone=resnet50")
+    assert cfg.neck._target_.endswith("FPN") and cfg.loss._target_.endswith("FCOSCriterion")
+    assert cfg.backbone.name == "resnet50" and cfg.data._target_.endswith("ToyData")
+
+
+def test_coco_recipe_is_the_paper_recipe():
+    cfg = compose_train("experiment=coco_fcos_r50_1x")
+    assert cfg.trainer.epochs == 12 and cfg.data.batch_size == 16 and cfg.trainer.optimizer.lr == 0.01
+    assert list(cfg.trainer.scheduler.milestones) == [8, 11] and list(cfg.data.image_size) == [800, 1333]
+    assert cfg.backbone.pretrained is True and cfg.trainer.optimizer._target_ == "torch.optim.SGD"
+
+
+@pytest.mark.parametrize("cmd", ["eval", "predict", "export"])
+def test_other_commands_compose(cmd):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(cmd, overrides=["checkpoint=x.pt"] + (["source=y"] if cmd == "predict" else []))
+    assert cfg.checkpoint == "x.pt"
