@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := runs/demo
+# the demo keeps its generated toy data inside the repo's runs/ folder
+DEMO_ENV := DETCLI_CACHE=$(CURDIR)/runs/cache
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-all lint bench clean
@@ -18,10 +20,11 @@ $(VENV)/.installed: pyproject.toml
 # toy train -> eval -> predict -> export, all on CPU
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/detcli train experiment=toy hydra.run.dir=$(DEMO)/train
-	$(BIN)/detcli eval checkpoint=$(DEMO)/train/checkpoints/best.pt hydra.run.dir=$(DEMO)/eval
-	$(BIN)/detcli predict checkpoint=$(DEMO)/train/checkpoints/best.pt source=$(DEMO)/train/samples hydra.run.dir=$(DEMO)/predict
-	$(BIN)/detcli export checkpoint=$(DEMO)/train/checkpoints/best.pt format=onnx hydra.run.dir=$(DEMO)/export
+	$(DEMO_ENV) $(BIN)/detcli train experiment=toy hydra.run.dir=$(DEMO)/train
+	$(DEMO_ENV) $(BIN)/detcli eval checkpoint=$(DEMO)/train/checkpoints/best.pt hydra.run.dir=$(DEMO)/eval
+	$(DEMO_ENV) $(BIN)/detcli predict checkpoint=$(DEMO)/train/checkpoints/best.pt "source=runs/cache/toy_*/val" \
+		hydra.run.dir=$(DEMO)/predict
+	$(DEMO_ENV) $(BIN)/detcli export checkpoint=$(DEMO)/train/checkpoints/best.pt format=onnx hydra.run.dir=$(DEMO)/export
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -147,7 +147,7 @@ def _flat_keys(cfg, prefix: str = "") -> list[str]:
     from omegaconf import DictConfig
 
     keys = []
-    for k in cfg.keys():
+    for k in cfg:
         full = f"{prefix}{k}"
         keys.append(full)
         node = cfg._get_node(k)

@@ -27,7 +27,7 @@ def detcli(*args: str, cwd: Path | None = None, check: bool = True, timeout: int
     """Run the installed CLI in a subprocess, as a user would."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "detcli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout)
+                          env=env, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"detcli {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -139,7 +139,7 @@ def read_image(path: Path) -> torch.Tensor:
         return decode_image(data, mode=ImageReadMode.RGB)
     except FileNotFoundError:
         raise DataError(f"image file '{path}' does not exist.") from None
-    except Exception as e:  # noqa: BLE001 - every decoder failure means an unreadable file
+    except Exception as e:
         raise DataError(f"image file '{path}' cannot be decoded ({e}); it may be truncated or not an image.") from e
 
 

@@ -17,16 +17,18 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def find_images(source: str) -> list[Path]:
+    """Image files of a file, a folder (searched recursively) or a glob pattern (folders it matches included)."""
     path = Path(source).expanduser()
     if any(c in source for c in "*?["):
-        files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.is_file():
-        files = [path]
+        matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
+    elif path.exists():
+        matches = [path]
     else:
         raise DataError(f"source '{source}' is neither an image file, a folder nor a glob pattern that matches.")
-    files = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    files = []
+    for m in matches:
+        files += sorted(p for p in m.rglob("*") if p.is_file()) if m.is_dir() else [m]
+    files = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"source '{source}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
     return files

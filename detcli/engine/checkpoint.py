@@ -47,7 +47,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint '{path}' does not exist.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, foreign objects
+    except Exception as e:
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {str(e)[:300]}); it may be "
                               f"truncated, corrupt, or not a detcli checkpoint.") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from detcli.engine.utils import autocast_dtype
+
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evaluation summary is ours to print
 
 METRIC_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
@@ -31,7 +33,7 @@ def to_original(dets: dict[str, Tensor], batch: dict) -> list[dict[str, Tensor]]
 def run_inference(model: nn.Module, loader, device: torch.device, precision: str = "fp32", channels_last=False):
     """Yields (batch, per-image detections in original pixels) over a loader."""
     model.eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
         if channels_last:

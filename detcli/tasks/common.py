@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,8 +53,3 @@ def data_config(cfg: DictConfig, ckpt_cfg: DictConfig) -> DictConfig:
 
 def save_yaml(cfg: DictConfig, path: Path) -> None:
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def torch_threads() -> None:
-    """Leave one thread per core to torch; data workers get their own processes."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))

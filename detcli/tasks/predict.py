@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torchvision.io import write_jpeg, write_png
 from torchvision.utils import draw_bounding_boxes
 
-from detcli.data.collate import collate
 from detcli.data.coco import read_image
+from detcli.data.collate import collate
 from detcli.data.images import ImageFiles, find_images
 from detcli.engine.evaluator import run_inference
 from detcli.tasks.common import load_model, log, run_dir
@@ -59,5 +58,3 @@ def draw(path: Path, boxes, scores, labels, names: list[str], folder: Path) -> N
     else:
         write_png(drawn, str(folder / (path.stem + ".png")))
 
-
-__all__ = ["run", "torch"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from detcli.build import build_model, instantiate_group
@@ -31,5 +30,3 @@ def run(cfg: DictConfig) -> float:
     log.info("done: best mAP %.4f; checkpoints in %s", result["best_map"], out / "checkpoints")
     return result["best_map"]
 
-
-__all__ = ["run", "instantiate"]

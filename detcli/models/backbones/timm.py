@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
-import torch
 from torch import Tensor, nn
 
 from detcli.errors import ConfigError
@@ -104,11 +103,11 @@ def _create(name: str, pretrained: bool, weights: str | None, kwargs: dict) -> n
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError(f"backbone.weights: file '{path}' does not exist.")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         pretrained = True
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
-    except Exception as e:  # noqa: BLE001 - network, hub and file errors all end here
+    except Exception as e:
         if weights is None and pretrained:
             raise ConfigError(
                 f"backbone.pretrained=true: could not fetch the pretrained weights of '{name}' "
