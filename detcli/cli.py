@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import re
 import sys
 
@@ -55,7 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         print(error, file=sys.stderr)
         return 2
+    if cmd == "train":
+        rest = distributed_overrides(rest)
     return run_hydra(cmd, rest)
+
+
+def distributed_overrides(rest: list[str]) -> list[str]:
+    """Under torchrun: join the process group first, give every rank the same run folder, and keep
+    Hydra's files and logs to rank 0."""
+    from detcli.engine.distributed import init_from_env, shared_run_dir, world_size
+
+    if world_size() == 1:
+        return rest
+    init_from_env()
+    if not any(a.startswith("hydra.run.dir=") for a in rest):
+        rest = [*rest, f"hydra.run.dir={shared_run_dir()}"]
+    if int(os.environ.get("RANK", "0")) > 0:
+        rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return rest
 
 
 def run_hydra(cmd: str, rest: list[str]) -> int:

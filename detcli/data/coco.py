@@ -105,7 +105,8 @@ class CocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, sample_seed = key if isinstance(key, tuple) else (key, None)
         rec = self.records[i]
         image = read_image(self.image_dir / rec.file_name)
         H, W = image.shape[-2:]
@@ -120,7 +121,10 @@ class CocoDataset(Dataset):
             ),
             "labels": torch.from_numpy(rec.labels[keep]),
         }
-        image, target = self.transforms(tv_tensors.Image(image), target)
+        with torch.random.fork_rng(devices=[], enabled=sample_seed is not None):
+            if sample_seed is not None:
+                torch.manual_seed(sample_seed)
+            image, target = self.transforms(tv_tensors.Image(image), target)
         meta = {"image_id": rec.image_id, "file_name": rec.file_name, "orig_size": (H, W)}
         if not self.train:
             meta["gt"] = {

@@ -32,7 +32,10 @@ class EpochSampler(Sampler[int]):
         return order
 
     def __iter__(self):
-        return iter(self.indices()[self.start :])
+        """(index, sample seed) pairs: the seed fixes that sample's random augmentation, so an epoch
+        replays identically however it is split between workers or resumed."""
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
+        return iter((i, (base + i) % 2**62) for i in self.indices()[self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -3,6 +3,7 @@ containers only, so a crafted file cannot run code)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -14,31 +15,77 @@ from detcli import __version__
 from detcli.errors import CheckpointError
 
 FORMAT_VERSION = 1
+_in_progress: set[Path] = set()  # temporary files being written, for a signal handler to remove
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """torch.save into a temporary file in the same folder, fsync, then os.replace: a crash during
     the save never leaves a corrupt file under the final name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     state = {"format_version": FORMAT_VERSION, "detcli_version": __version__, **state}
+    _in_progress.add(tmp)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint '{path}' ({e.strerror or e}); the previous file "
                               f"there, if any, is unchanged.") from e
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
     finally:
-        os.close(dir_fd)
+        _in_progress.discard(tmp)
     return path
+
+
+def rotate_save(state: dict, path: Path, keep_previous: bool = True) -> Path:
+    """Save `path`, keeping the file it replaces as `<stem>.prev.pt` (the fallback if the new one is
+    ever unreadable). The old file is renamed only after the new one is complete on disk."""
+    if not keep_previous or not path.exists():
+        return save_checkpoint(state, path)
+    tmp = save_checkpoint(state, path.with_name(f".{path.name}.new"))
+    os.replace(path, previous(path))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def previous(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def remove_partial() -> None:
+    for tmp in list(_in_progress):
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_with_fallback(path: Path) -> tuple[dict, Path]:
+    """The checkpoint at `path`, or, when it is missing or unreadable, the previous one beside it
+    (with a warning naming the bad file). Never a silent restart from step 0."""
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as e:
+        prev = previous(path)
+        if not prev.is_file():
+            raise
+        import logging
+
+        logging.getLogger(__name__).warning("%s Falling back to the previous checkpoint '%s'.", e, prev)
+        return load_checkpoint(prev), prev
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -11,9 +11,10 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0):
+    def __init__(self, total: int, start: int = 0, enabled: bool = True):
         self.console = Console(stderr=False)
-        self.live = self.console.is_terminal
+        self.enabled = enabled
+        self.live = self.console.is_terminal and enabled
         self.total = total
         self.bar = RichProgress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
@@ -40,6 +41,8 @@ class Progress:
             self.print(f"step {record['step']}/{self.total}  {stats}  {terms}")
 
     def print(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.live:
             self.bar.console.print(text)
         else:

@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
-from detcli.engine.checkpoint import rng_state, save_checkpoint
+from detcli.engine.checkpoint import rng_state, rotate_save, set_rng_state
 from detcli.engine.evaluator import evaluate
 from detcli.engine.progress import Progress
 from detcli.engine.schedule import build_scheduler
-from detcli.engine.utils import autocast_dtype
+from detcli.engine.signals import StopRequest
+from detcli.engine.utils import autocast_dtype, is_main_process
 from detcli.errors import ConfigError, DetcliError
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,14 @@ def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimi
     return factory(param_groups(model, float(opt_cfg.get("weight_decay", 0.0))))
 
 
+class NonFiniteLoss(DetcliError):
+    pass
+
+
 class Trainer:
+    """Owns the model, optimizer, schedule, scaler, EMA and the loop position; `state_dict` /
+    `load_state_dict` hold everything an exact resume needs."""
+
     def __init__(self, cfg: DictConfig, model: nn.Module, train_loader, val_loader, run_dir: Path, device,
                  meta: dict):
         t = cfg.trainer
@@ -50,31 +59,48 @@ class Trainer:
         self.model = model.to(device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if t.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.accumulate = int(t.accumulate)
-        self.steps_per_epoch = len(train_loader) // self.accumulate
+        batches_per_epoch = train_loader.sampler.num_samples // train_loader.batch_size
+        self.steps_per_epoch = batches_per_epoch // self.accumulate
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"data.batch_size={train_loader.batch_size} x trainer.accumulate={self.accumulate} is larger "
                 f"than the training set ({len(train_loader.dataset)} images): lower the batch size."
             )
         self.total_steps = int(t.max_steps) if t.max_steps else int(t.epochs) * self.steps_per_epoch
+        self.net = self._wrap_ddp(self.model)
         self.optimizer = build_optimizer(t.optimizer, self.model)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch, t.scheduler)
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
         self.ema = ModelEmaV3(self.model, decay=t.ema.decay, use_warmup=t.ema.warmup) if t.ema.enabled else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.best_map = -1.0
+        self.best_map, self.bad_evals, self.skipped_steps = -1.0, 0, 0
+        self.last_metrics: dict | None = None
         self.eval_interval = int(t.eval_interval) if t.eval_interval else self.steps_per_epoch
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.main = is_main_process()
         self._loss_sum: Tensor | None = None
+        self._loss_count = 0
         self._loss_names: list[str] = []
         self._since_log = (0, time.perf_counter())  # images, time
 
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        if not (dist.is_available() and dist.is_initialized()):
+            return model
+        if self.t.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.model = model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
     # ---- the step -------------------------------------------------------------------------------
-    def run_step(self, batches) -> dict[str, Tensor]:
-        """One optimizer step over `accumulate` batches; returns the detached loss terms."""
-        self.model.train()
+    def run_step(self, batches) -> dict[str, Tensor] | None:
+        """One optimizer step over `accumulate` batches; the detached loss terms, or None when the
+        step was skipped for a non-finite loss (trainer.on_nonfinite=skip)."""
+        self.net.train()
         totals: dict[str, Tensor] = {}
         for _ in range(self.accumulate):
             batch = next(batches)
@@ -83,8 +109,12 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = {k: batch[k].to(self.device, non_blocking=True) for k in ("boxes", "labels")}
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                losses = self.model(images, targets)
+                losses = self.net(images, targets)
             loss = sum(losses.values())
+            if not self._finite(loss, losses):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                return None
             self.scaler.scale(loss / self.accumulate).backward()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0) + v.detach() / self.accumulate
@@ -100,11 +130,26 @@ class Trainer:
             self.ema.update(self.model, step=self.step)
         return totals
 
+    def _finite(self, loss: Tensor, losses: dict[str, Tensor]) -> bool:
+        """One host sync per step: a non-finite loss must stop (or skip) before it reaches the weights."""
+        if bool(torch.isfinite(loss)):
+            return True
+        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        if self.t.on_nonfinite == "skip":
+            log.warning("step %d: non-finite loss %s; step skipped (%d so far)", self.step + 1, bad,
+                        self.skipped_steps + 1)
+            return False
+        raise NonFiniteLoss(
+            f"non-finite loss at step {self.step + 1}: {', '.join(f'{k}={v}' for k, v in bad.items())}. "
+            f"Lower trainer.optimizer.lr, check the data (`data.*`), or set trainer.on_nonfinite=skip."
+        )
+
     def batches(self):
-        """Training batches forever, epoch after epoch, each epoch's order fixed by (seed, epoch)."""
+        """Training batches forever, epoch after epoch; each epoch's order and augmentation are fixed by
+        (seed, epoch), and a resumed epoch starts at the batch where it stopped."""
+        sampler = self.train_loader.sampler
         while True:
-            self.train_loader.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.train_loader.batch_size)
-            self.train_loader.generator.manual_seed(int(self.cfg.seed) * 1000 + self.epoch)
+            sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.train_loader.batch_size)
             for batch in self.train_loader:
                 self.batch_in_epoch += 1
                 yield batch
@@ -113,63 +158,96 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
-        log.info("training %d steps (%d per epoch), %s, %s", self.total_steps, self.steps_per_epoch,
-                 self.device, self.t.precision)
+        log.info("training steps %d..%d (%d per epoch), %s, %s", self.step + 1, self.total_steps,
+                 self.steps_per_epoch, self.device, self.t.precision)
         batches = self.batches()
-        with Progress(self.total_steps, self.step) as progress:
+        with Progress(self.total_steps, self.step, enabled=self.main) as progress, StopRequest() as stop:
             self.progress = progress
             while self.step < self.total_steps:
                 losses = self.run_step(batches)
                 self.step += 1
-                self._accumulate_losses(losses)
+                if losses is not None:
+                    self._accumulate_losses(losses)
                 if self.step % int(self.t.log_interval) == 0 or self.step == self.total_steps:
                     self.log_train()
                 progress.advance(self.step)
                 if self.step % self.eval_interval == 0 or self.step == self.total_steps:
-                    self.evaluate_and_save()
-        return {"step": self.step, "best_map": self.best_map, "last": self.last_metrics}
+                    if self.evaluate_and_save():
+                        break
+                elif self.t.checkpoint_interval and self.step % int(self.t.checkpoint_interval) == 0:
+                    self.save("last.pt")
+                if stop.requested:
+                    self.save("last.pt")
+                    progress.print(f"stopped by {stop.name} after step {self.step}; resume with resume=auto")
+                    raise SystemExit(stop.exit_code)
+        return {"step": self.step, "best_map": self.best_map, "last": self.last_metrics,
+                "skipped_steps": self.skipped_steps}
 
     def _accumulate_losses(self, losses: dict[str, Tensor]) -> None:
         stacked = torch.stack([v.float() for v in losses.values()])  # stays on the device: no sync
         self._loss_names = list(losses)
         self._loss_sum = stacked if self._loss_sum is None else self._loss_sum + stacked
-        self._loss_count = getattr(self, "_loss_count", 0) + 1
+        self._loss_count += 1
 
     def log_train(self) -> None:
-        means = (self._loss_sum / self._loss_count).tolist()  # the one host sync per log line
+        if self._loss_sum is None:
+            return
+        loss_sum = self._loss_sum / self._loss_count
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(loss_sum)
+            loss_sum /= dist.get_world_size()
+        means = loss_sum.tolist()  # the one host sync per log line
         terms = dict(zip(self._loss_names, means))
-        total = sum(means)
-        if not all(map(_finite, means)):
-            bad = [k for k, v in terms.items() if not _finite(v)]
-            raise DetcliError(f"non-finite loss at step {self.step}: {', '.join(bad)} = "
-                              f"{[terms[k] for k in bad]}. Lower trainer.optimizer.lr or check the data.")
         images, t0 = self._since_log
         now = time.perf_counter()
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": total, **terms,
-                  "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": images / max(now - t0, 1e-9)}
-        _append_jsonl(self.run_dir / "train_log.jsonl", record)
-        self.progress.show(record)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": sum(means), **terms,
+                  "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": world * images / max(now - t0, 1e-9)}
+        if self.skipped_steps:
+            record["skipped_steps"] = self.skipped_steps
+        if self.device.type == "cuda":
+            record["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.main:
+            _append_jsonl(self.run_dir / "train_log.jsonl", record)
+            self.progress.show(record)
         self._loss_sum, self._loss_count, self._since_log = None, 0, (0, time.perf_counter())
 
-    def evaluate_and_save(self) -> None:
-        model = self.ema.module if self.ema is not None else self.model
-        t0 = time.perf_counter()
-        metrics = evaluate(model, self.val_loader, self.device, self.t.precision, self.t.channels_last)
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
-        _append_jsonl(self.run_dir / "eval_log.jsonl", record)
-        self.progress.print(
-            f"eval step {self.step}: mAP {metrics['map']:.4f}  mAP50 {metrics['map_50']:.4f}  "
-            f"mAP75 {metrics['map_75']:.4f}  ({time.perf_counter() - t0:.1f}s)"
-        )
-        self.last_metrics = metrics
-        state = self.state_dict()
-        if metrics["map"] > self.best_map:
-            self.best_map = metrics["map"]
-            state["best_map"] = self.best_map
-            save_checkpoint(state, self.ckpt_dir / "best.pt")
-        save_checkpoint(state, self.ckpt_dir / "last.pt")
+    def evaluate_and_save(self) -> bool:
+        """Evaluate (rank 0), log, save last.pt / best.pt; True when early stopping ends the run."""
+        stop = False
+        if self.main:
+            model = self.ema.module if self.ema is not None else self.model
+            t0 = time.perf_counter()
+            metrics = evaluate(model, self.val_loader, self.device, self.t.precision, self.t.channels_last)
+            record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
+            _append_jsonl(self.run_dir / "eval_log.jsonl", record)
+            self.progress.print(
+                f"eval step {self.step}: mAP {metrics['map']:.4f}  mAP50 {metrics['map_50']:.4f}  "
+                f"mAP75 {metrics['map_75']:.4f}  ({time.perf_counter() - t0:.1f}s)"
+            )
+            self.last_metrics = metrics
+            if metrics["map"] > self.best_map:
+                self.best_map, self.bad_evals = metrics["map"], 0
+                self.save("best.pt", rotate=False)
+            else:
+                self.bad_evals += 1
+            self.save("last.pt")
+            patience = self.t.patience
+            if patience and self.bad_evals >= int(patience):
+                self.progress.print(f"early stop: no better val mAP in {patience} evaluations")
+                stop = True
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
         self._since_log = (0, time.perf_counter())  # evaluation time is not training throughput
+        return stop
 
+    def save(self, name: str, rotate: bool = True) -> None:
+        if self.main:
+            rotate_save(self.state_dict(), self.ckpt_dir / name, keep_previous=rotate)
+
+    # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -181,15 +259,25 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_map": self.best_map,
-            "metrics": getattr(self, "last_metrics", None),
+            "bad_evals": self.bad_evals,
+            "skipped_steps": self.skipped_steps,
+            "metrics": self.last_metrics,
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "meta": self.meta,
         }
 
-
-def _finite(v: float) -> bool:
-    return math.isfinite(v)
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["ema"] or ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        self.best_map, self.bad_evals = ckpt["best_map"], ckpt.get("bad_evals", 0)
+        self.skipped_steps, self.last_metrics = ckpt.get("skipped_steps", 0), ckpt.get("metrics")
+        set_rng_state(ckpt["rng"])
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

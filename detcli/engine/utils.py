@@ -32,3 +32,9 @@ def autocast_dtype(precision: str):
     if precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got '{precision}'.")
     return PRECISIONS[precision]
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -39,16 +39,33 @@ def load_model(checkpoint: str, device: str = "auto"):
     return model.to(dev).eval(), cfg, meta, dev
 
 
+def command_overrides(exclude: tuple[str, ...] = ()) -> list[str]:
+    """This command's key=value overrides (Hydra's own and `exclude`d keys left out)."""
+    out = []
+    for o in HydraConfig.get().overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if not key.startswith("hydra") and key.split(".")[0] not in exclude:
+            out.append(o)
+    return out
+
+
+def overlay(stored: DictConfig, current: DictConfig, overrides: list[str]) -> DictConfig:
+    """`stored` (a checkpoint's config) with the keys this command overrode taken from `current`.
+    A group choice (`data=coco`, `trainer/optimizer=adamw`) takes that whole node."""
+    out = OmegaConf.create(OmegaConf.to_container(stored))
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~").replace("/", ".")
+        value = OmegaConf.select(current, key)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value)
+        OmegaConf.update(out, key, value, force_add=True, merge=False)
+    return out
+
+
 def data_config(cfg: DictConfig, ckpt_cfg: DictConfig) -> DictConfig:
     """The checkpoint's data config with this command's `data=...` / `data.KEY=...` overrides on top."""
-    overrides = [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("data")]
-    if any(o.split("=")[0].lstrip("+") == "data" for o in overrides):
-        return cfg.data  # a whole data config was chosen on the command line
-    data = OmegaConf.create(OmegaConf.to_container(ckpt_cfg.data))
-    for o in overrides:
-        key = o.split("=")[0].lstrip("+")[len("data."):]
-        OmegaConf.update(data, key, OmegaConf.select(cfg.data, key), force_add=True)
-    return data
+    overrides = [o for o in command_overrides() if o.lstrip("+~").split("=")[0].split(".")[0] == "data"]
+    return overlay(OmegaConf.create({"data": ckpt_cfg.data}), cfg, overrides).data
 
 
 def save_yaml(cfg: DictConfig, path: Path) -> None:

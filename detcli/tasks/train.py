@@ -1,32 +1,97 @@
-"""detcli train: build data and model from the config, train, evaluate, save checkpoints."""
+"""detcli train: build data and model from the config, train, evaluate, save checkpoints.
+`resume=auto|PATH` continues a run exactly where its last checkpoint left it."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from detcli.build import build_model, instantiate_group
+from detcli.engine.checkpoint import load_with_fallback
+from detcli.engine.distributed import launch_torchrun, local_device, world_size
 from detcli.engine.trainer import Trainer
-from detcli.engine.utils import resolve_device, seed_everything
-from detcli.tasks.common import log, run_dir, save_yaml
+from detcli.engine.utils import is_main_process, resolve_device, seed_everything
+from detcli.errors import CheckpointError
+from detcli.tasks.common import command_overrides, log, overlay, run_dir, save_yaml
+
+# parts of the config that fix the model's structure: a resumed run must not change them
+STRUCTURE = ("backbone", "neck", "head")
+NOT_STRUCTURE = ("pretrained", "weights")
 
 
 def run(cfg: DictConfig) -> float:
     out = run_dir()
-    save_yaml(cfg, out / "config.yaml")
+    if int(cfg.trainer.devices) > 1 and world_size() == 1:
+        return launch_torchrun(int(cfg.trainer.devices), out)
+    ckpt = None
+    if cfg.resume:
+        ckpt, path = load_with_fallback(find_checkpoint(str(cfg.resume), out))
+        cfg = resumed_config(cfg, ckpt, path)
+        out = path.parent.parent  # keep writing into the resumed run's folder
+        log.info("resuming %s at step %d", path, ckpt["step"])
+    if is_main_process():
+        save_yaml(cfg, out / "config.yaml")
     seed_everything(int(cfg.seed))
-    device = resolve_device(cfg.trainer.device)
+    device = local_device(resolve_device(cfg.trainer.device))
     data = instantiate_group("data", cfg.data)
-    train_set = data.dataset("train")
-    val_set = data.dataset("val", data.cat_ids)
+    if ckpt is not None and data.class_names != ckpt["meta"]["class_names"]:
+        raise CheckpointError(f"cannot resume: the data's classes {data.class_names} differ from the "
+                              f"checkpoint's {ckpt['meta']['class_names']}.")
+    train_set, val_set = data.dataset("train"), data.dataset("val", data.cat_ids)
     model = build_model(cfg, num_classes=data.num_classes)
     meta = {"class_names": data.class_names, "cat_ids": data.cat_ids}
     log.info("data: %d train / %d val images, %d classes %s", len(train_set), len(val_set), data.num_classes,
              data.class_names)
     log.info("model: %s + %s + %s, %.2fM parameters", cfg.backbone.name, cfg.neck._target_.split(".")[-1],
              cfg.head._target_.split(".")[-1], sum(p.numel() for p in model.parameters()) / 1e6)
-    trainer = Trainer(cfg, model, data.train_loader(train_set, int(cfg.seed)), data.val_loader(val_set), out,
-                      device, meta)
+    rank, world = int(os.environ.get("RANK", "0")), world_size()
+    trainer = Trainer(cfg, model, data.train_loader(train_set, int(cfg.seed), rank, world),
+                      data.val_loader(val_set), out, device, meta)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
     result = trainer.fit()
     log.info("done: best mAP %.4f; checkpoints in %s", result["best_map"], out / "checkpoints")
     return result["best_map"]
+
+
+def find_checkpoint(resume: str, out: Path) -> Path:
+    """resume=PATH, or resume=auto: this run folder's last.pt, else the newest last.pt beside it."""
+    if resume != "auto":
+        return Path(resume).expanduser()
+    own = out / "checkpoints" / "last.pt"
+    if own.exists() or own.with_name("last.prev.pt").exists():
+        return own
+    runs = [p for p in out.parent.glob("*/checkpoints/last*.pt") if p.parent.parent != out]
+    if not runs:
+        raise CheckpointError(f"resume=auto: no checkpoints/last.pt in '{out}' or the run folders beside it "
+                              f"('{out.parent}'); give resume=PATH.")
+    newest = max(runs, key=lambda p: p.stat().st_mtime)
+    return newest.with_name("last.pt")
+
+
+def resumed_config(cfg: DictConfig, ckpt: dict, path: Path) -> DictConfig:
+    """The checkpoint's config with this command's overrides; refused when the model would change."""
+    stored = OmegaConf.create(ckpt["config"])
+    overrides = command_overrides(exclude=("resume",))
+    if any(o.split("=")[0].lstrip("+~") == "experiment" for o in overrides):
+        merged = cfg  # a whole preset was named: the command line is complete
+    else:
+        merged = overlay(stored, cfg, overrides)
+    merged.resume = cfg.resume
+    diffs = [f"{k}: {a} -> {b}" for k, a, b in _differences(stored, merged)]
+    if diffs:
+        raise CheckpointError(f"cannot resume from '{path}': this config builds another model than the "
+                              f"checkpoint's. Differing keys: {'; '.join(diffs)}.")
+    return merged
+
+
+def _differences(a: DictConfig, b: DictConfig):
+    for part in STRUCTURE:
+        x = OmegaConf.to_container(a.get(part, {}), resolve=True)
+        y = OmegaConf.to_container(b.get(part, {}), resolve=True)
+        for key in sorted(set(x) | set(y)):
+            if key not in NOT_STRUCTURE and x.get(key) != y.get(key):
+                yield f"{part}.{key}", x.get(key), y.get(key)
 

@@ -1,0 +1,54 @@
+"""DDP through torchrun: process-group setup, the per-rank device, and `trainer.devices=N`, which
+starts torchrun itself from a single `detcli train` (one launcher level, also under Hydra's -m)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env() -> None:
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
+    if world_size() > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+
+
+def shared_run_dir() -> str:
+    """A run folder name every rank agrees on (rank 0's clock), for runs without hydra.run.dir."""
+    stamp = [datetime.now().strftime("%Y-%m-%d_%H-%M-%S")]
+    dist.broadcast_object_list(stamp, src=0)
+    return f"runs/train/{stamp[0]}"
+
+
+def local_device(device: torch.device) -> torch.device:
+    if device.type == "cuda" and world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def launch_torchrun(n: int, run_dir: Path) -> float:
+    """Re-run this command under torchrun with n processes, writing into this job's run folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    # this job's own overrides (under -m: one point of the sweep), not the launching command line
+    args = [a for a in HydraConfig.get().overrides.task if not a.startswith("trainer.devices=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "detcli",
+           "train", *args, f"trainer.devices={n}", f"hydra.run.dir={run_dir}"]
+    print(f"starting {n} processes: {' '.join(cmd[1:])}", flush=True)
+    code = subprocess.call(cmd)
+    if code != 0:
+        raise SystemExit(code)
+    return 0.0

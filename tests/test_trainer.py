@@ -1,0 +1,171 @@
+"""The trainer you can trust: exact resume, fallbacks, signals, non-finite losses, safe saves."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import detcli
+
+from detcli.engine.checkpoint import load_checkpoint, rotate_save, save_checkpoint
+from detcli.errors import CheckpointError
+
+# 64 px toy images, a checkpoint after every step: fast, and any step can be resumed from
+FAST = ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.batch_size=4", "data.canvas=64",
+        "data.image_size=64", "trainer.log_interval=1", "trainer.eval_interval=1000", "trainer.checkpoint_interval=1"]
+
+
+def losses(run: Path) -> dict[int, float]:
+    """step -> loss of a run's train_log.jsonl (the last line of a step wins, as after a resume)."""
+    out = {}
+    for line in (run / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[r["step"]] = r["loss"]
+    return out
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "detcli", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    log = run / "train_log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and any(json.loads(x)["step"] >= step for x in log.read_text().splitlines() if x):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early:\n{proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached")
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, cache_dir):
+    """Killed with SIGKILL after step 37 (mid-epoch, with loader workers) and resumed, the run logs the
+    same losses up to step 60 as an uninterrupted one."""
+    args = [*FAST, "data.num_workers=2", "trainer.max_steps=60"]
+    detcli("train", *args, f"hydra.run.dir={tmp_path}/whole")
+    proc = start(*args, f"hydra.run.dir={tmp_path}/killed")
+    wait_for_step(tmp_path / "killed", 37, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert losses(tmp_path / "killed").keys() != set(range(1, 61))
+    detcli("train", *args, f"hydra.run.dir={tmp_path}/killed", "resume=auto")
+    whole, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, 61))
+    for step in range(1, 61):
+        assert resumed[step] == pytest.approx(whole[step], abs=1e-6), step
+    ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 60 and ckpt["ema"] is not None and ckpt["rng"]["torch"].dtype == torch.uint8
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=4", f"hydra.run.dir={run}")
+    last = run / "checkpoints" / "last.pt"
+    assert torch.load(run / "checkpoints" / "last.prev.pt", weights_only=True)["step"] == 3
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    proc = detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=6", f"hydra.run.dir={run}", "resume=auto")
+    out = proc.stdout + proc.stderr
+    assert "last.pt" in out and "Falling back" in out and "resuming" in out
+    assert "at step 3" in out  # not from step 0
+    assert torch.load(last, weights_only=True)["step"] == 6
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_143(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    proc = start(*FAST, "data.num_workers=0", "trainer.max_steps=100000", "trainer.checkpoint_interval=null",
+                 f"hydra.run.dir={run}")
+    wait_for_step(run, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] >= 3 and max(losses(run)) <= ckpt["step"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no partial file
+
+
+def test_nonfinite_loss_stops_naming_step_and_term(tmp_path, cache_dir):
+    proc = detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=3", "loss.box_weight=nan",
+                  f"hydra.run.dir={tmp_path}/run", check=False)
+    assert proc.returncode == 1
+    assert "non-finite loss at step 1" in proc.stderr and "loss_box" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_nonfinite_loss_skip_leaves_the_weights_alone(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=3", "loss.box_weight=nan",
+           "trainer.on_nonfinite=skip", "trainer.ema.enabled=false", f"hydra.run.dir={run}")
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["skipped_steps"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values()
+                                               if v.is_floating_point())
+
+
+def test_resume_refuses_another_model(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=2", f"hydra.run.dir={run}")
+    proc = detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=4", "neck.out_channels=32",
+                  f"hydra.run.dir={run}", "resume=auto", check=False)
+    assert proc.returncode != 0 and "neck.out_channels: 64 -> 32" in proc.stderr
+
+
+def test_grad_checkpointing_gives_the_same_losses_and_gradients(cache_dir):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from detcli.build import build_model
+    from detcli.cli import config_dir
+    from detcli.data.collate import collate
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", ["experiment=toy", "data.num_train=32", "data.num_val=8"])
+    data = instantiate(cfg.data)
+    ds = data.dataset("train")
+    batch = collate([ds[i] for i in range(2)])
+    torch.manual_seed(0)
+    model = build_model(cfg, data.num_classes).train()
+    results = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        out = model(batch["images"], {"boxes": batch["boxes"], "labels": batch["labels"]})
+        sum(out.values()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, g0), (ckpt, g1) = results
+    for k in plain:
+        torch.testing.assert_close(plain[k], ckpt[k])
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], rtol=1e-4, atol=1e-6)
+
+
+def test_save_failure_names_the_file_and_keeps_the_old_one(tmp_path):
+    good = tmp_path / "last.pt"
+    save_checkpoint({"model": {}, "config": {}, "step": 1}, good)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match="could not write checkpoint"):
+        save_checkpoint({"model": {}, "config": {}}, blocker / "last.pt")
+    rotate_save({"model": {}, "config": {}, "step": 2}, good)
+    assert load_checkpoint(good)["step"] == 2 and load_checkpoint(tmp_path / "last.prev.pt")["step"] == 1
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/detcli_pwned",))
+
+
+def test_a_crafted_pickle_cannot_run_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"model": Exploit(), "config": {}}))
+    Path("/tmp/detcli_pwned").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not Path("/tmp/detcli_pwned").exists()
