@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import compose_model, synthetic_batch, timed  # noqa: E402
+from _common import compose_model, synthetic_batch, timed
 
 
 def child(args) -> None:
     device = torch.device(args.device)
-    model, cfg = compose_model([f"backbone={args.backbone}"], num_classes=80)
+    model, _ = compose_model([f"backbone={args.backbone}"], num_classes=80)
     model = model.to(device).train()
     model.set_grad_checkpointing(args.gc)
     batch = {k: v.to(device) for k, v in synthetic_batch(args.batch, args.size, 80).items()}

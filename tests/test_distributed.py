@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import detcli
 
 # BatchNorm statistics are per process under DDP (without sync_bn): freeze them so that two processes

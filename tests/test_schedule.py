@@ -29,3 +29,11 @@ def test_cosine_follows_a_new_length():
     assert lr_factor(55, 100, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     # the same step of a run lengthened to 190 steps is earlier in its schedule
     assert lr_factor(55, 190, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 180)))
+
+
+def test_onecycle_rises_then_falls():
+    cfg = OmegaConf.create({**CFG, "name": "onecycle", "pct_start": 0.3})
+    assert lr_factor(0, 100, 10, cfg) == pytest.approx(0.1)
+    assert lr_factor(15, 100, 10, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # half way up the cosine rise
+    assert lr_factor(30, 100, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, cfg) == pytest.approx(0.0)

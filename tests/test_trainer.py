@@ -169,3 +169,29 @@ def test_a_crafted_pickle_cannot_run_code(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pt"):
         load_checkpoint(path)
     assert not Path("/tmp/detcli_pwned").exists()
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    from detcli.engine import trainer
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("backend exploded")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Broken())
+    wrapped = trainer.compiled(torch.nn.Linear(2, 1))
+    x = torch.ones(1, 2)
+    with caplog.at_level("WARNING"):
+        out = wrapped(x)
+    torch.testing.assert_close(out, wrapped.module(x))
+    assert "torch.compile failed" in caplog.text and "backend exploded" in caplog.text
+
+
+def test_csv_logger_and_accumulation(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=2", "trainer.accumulate=2", "logger=csv",
+           "trainer.eval_interval=2", f"hydra.run.dir={run}")
+    header = (run / "train_log.csv").read_text().splitlines()[0]
+    assert header.startswith("step,epoch,loss,loss_cls")
+    assert (run / "eval_log.csv").read_text().splitlines()[0].startswith("step,epoch,map")
+    assert json.loads((run / "train_log.jsonl").read_text().splitlines()[-1])["epoch"] == 0.5  # 2 steps x 2 batches of an 8-batch epoch

@@ -15,7 +15,8 @@ class EpochSampler(Sampler[int]):
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0  # samples of this rank's epoch already consumed (resume mid-epoch)
-        self.num_samples = math.ceil(n / world_size) if world_size > 1 else n
+        # training pads to equal shares (every rank steps together); evaluation splits without duplicates
+        self.num_samples = math.ceil(n / world_size) if shuffle else len(range(rank, n, world_size))
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -27,7 +28,8 @@ class EpochSampler(Sampler[int]):
         else:
             order = list(range(self.n))
         if self.world_size > 1:
-            order += order[: self.num_samples * self.world_size - self.n]  # pad to a multiple of the ranks
+            if self.shuffle:
+                order += order[: self.num_samples * self.world_size - self.n]  # pad to a multiple of the ranks
             order = order[self.rank :: self.world_size]
         return order
 

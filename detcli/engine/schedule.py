@@ -8,17 +8,22 @@ import math
 from omegaconf import DictConfig
 from torch.optim.lr_scheduler import LambdaLR
 
-NAMES = ("cosine", "multistep", "constant")
+NAMES = ("cosine", "multistep", "onecycle", "constant")
 
 
 def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: DictConfig) -> float:
     if cfg.name not in NAMES:
         raise ValueError(f"trainer.scheduler.name must be one of {NAMES}, got '{cfg.name}'")
     warmup = int(cfg.warmup_steps)
+    if cfg.name == "onecycle":  # cosine rise from warmup_factor to 1, then cosine fall to min_lr_ratio
+        rise = max(1, int(cfg.get("pct_start", 0.3) * total_steps))
+        if step < rise:
+            return cfg.warmup_factor + (1 - cfg.warmup_factor) * 0.5 * (1 - math.cos(math.pi * step / rise))
+        warmup = rise
     if step < warmup:
         alpha = step / warmup
         return cfg.warmup_factor * (1 - alpha) + alpha
-    if cfg.name == "cosine":
+    if cfg.name in ("cosine", "onecycle"):
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if cfg.name == "multistep":

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from detcli.engine.checkpoint import rng_state, rotate_save, set_rng_state
 from detcli.engine.evaluator import evaluate
+from detcli.engine.loggers import NullLogger
 from detcli.engine.progress import Progress
 from detcli.engine.schedule import build_scheduler
 from detcli.engine.signals import StopRequest
@@ -46,12 +47,38 @@ class NonFiniteLoss(DetcliError):
     pass
 
 
+def compiled(module: nn.Module) -> nn.Module:
+    """torch.compile where it works; the eager module, with a warning, where it does not."""
+    return _CompileOrEager(module)
+
+
+class _CompileOrEager(nn.Module):
+    """Runs the torch.compile'd module; on a compile failure (which shows at the first call) warns once
+    and runs the eager module from then on."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.compiled = torch.compile(module, dynamic=True)
+        self.failed = False
+
+    def forward(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any backend failure means eager
+                self.failed = True
+                log.warning("trainer.compile=true: torch.compile failed (%s: %s); training eagerly",
+                            type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return self.module(*args, **kwargs)
+
+
 class Trainer:
     """Owns the model, optimizer, schedule, scaler, EMA and the loop position; `state_dict` /
     `load_state_dict` hold everything an exact resume needs."""
 
     def __init__(self, cfg: DictConfig, model: nn.Module, train_loader, val_loader, run_dir: Path, device,
-                 meta: dict):
+                 meta: dict, logger=None):
         t = cfg.trainer
         self.cfg, self.t, self.meta = cfg, t, meta
         self.run_dir, self.device = Path(run_dir), device
@@ -72,6 +99,9 @@ class Trainer:
             )
         self.total_steps = int(t.max_steps) if t.max_steps else int(t.epochs) * self.steps_per_epoch
         self.net = self._wrap_ddp(self.model)
+        if t.compile:
+            self.net = compiled(self.net)
+        self.logger = logger or NullLogger()
         self.optimizer = build_optimizer(t.optimizer, self.model)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch, t.scheduler)
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
@@ -180,6 +210,7 @@ class Trainer:
                     self.save("last.pt")
                     progress.print(f"stopped by {stop.name} after step {self.step}; resume with resume=auto")
                     raise SystemExit(stop.exit_code)
+        self.logger.close()
         return {"step": self.step, "best_map": self.best_map, "last": self.last_metrics,
                 "skipped_steps": self.skipped_steps}
 
@@ -209,18 +240,21 @@ class Trainer:
             record["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.main:
             _append_jsonl(self.run_dir / "train_log.jsonl", record)
+            self.logger.log("train", record)
             self.progress.show(record)
         self._loss_sum, self._loss_count, self._since_log = None, 0, (0, time.perf_counter())
 
     def evaluate_and_save(self) -> bool:
-        """Evaluate (rank 0), log, save last.pt / best.pt; True when early stopping ends the run."""
+        """Evaluate (every rank its share, metrics gathered), log and save last.pt / best.pt on rank 0;
+        True when early stopping ends the run."""
         stop = False
+        model = self.ema.module if self.ema is not None else self.model
+        t0 = time.perf_counter()
+        metrics = evaluate(model, self.val_loader, self.device, self.t.precision, self.t.channels_last)
         if self.main:
-            model = self.ema.module if self.ema is not None else self.model
-            t0 = time.perf_counter()
-            metrics = evaluate(model, self.val_loader, self.device, self.t.precision, self.t.channels_last)
             record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
             _append_jsonl(self.run_dir / "eval_log.jsonl", record)
+            self.logger.log("eval", record)
             self.progress.print(
                 f"eval step {self.step}: mAP {metrics['map']:.4f}  mAP50 {metrics['map_50']:.4f}  "
                 f"mAP75 {metrics['map_75']:.4f}  ({time.perf_counter() - t0:.1f}s)"

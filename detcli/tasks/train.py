@@ -47,8 +47,9 @@ def run(cfg: DictConfig) -> float:
     log.info("model: %s + %s + %s, %.2fM parameters", cfg.backbone.name, cfg.neck._target_.split(".")[-1],
              cfg.head._target_.split(".")[-1], sum(p.numel() for p in model.parameters()) / 1e6)
     rank, world = int(os.environ.get("RANK", "0")), world_size()
+    logger = instantiate_group("logger", cfg.logger, run_dir=out) if is_main_process() else None
     trainer = Trainer(cfg, model, data.train_loader(train_set, int(cfg.seed), rank, world),
-                      data.val_loader(val_set), out, device, meta)
+                      data.val_loader(val_set, rank, world), out, device, meta, logger)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     result = trainer.fit()
