@@ -12,7 +12,7 @@ def test_nms_keeps_images_and_classes_apart():
     boxes = torch.tensor([[box, near, near], [box, near, [0, 0, 5, 5]]])
     scores = torch.tensor([[0.9, 0.8, 0.7], [0.6, 0.5, -1.0]])  # -1: an invalid candidate
     labels = torch.tensor([[0, 0, 1], [0, 0, 0]])
-    out = nms_topk(boxes, scores, labels, iou=0.5, max_det=3)
+    out = nms_topk(boxes, scores, labels, iou=0.5, max_det=3, num_classes=2)
     # image 0: the 0.8 box is suppressed by the 0.9 box of its class; the class-1 box stays
     assert out["scores"][0].tolist() == [0.8999999761581421, 0.699999988079071, 0.0]
     assert out["labels"][0].tolist() == [0, 1, -1]
@@ -30,7 +30,7 @@ def test_matches_torchvision_batched_nms_per_image():
     boxes = torch.cat([xy, xy + wh], -1)
     scores = torch.rand(B, K, generator=g)
     labels = torch.randint(0, 4, (B, K), generator=g)
-    out = nms_topk(boxes, scores, labels, iou=0.5, max_det=50)
+    out = nms_topk(boxes, scores, labels, iou=0.5, max_det=50, num_classes=4)
     for i in range(B):
         keep = batched_nms(boxes[i], scores[i], labels[i], 0.5)[:50]
         n = len(keep)

@@ -10,26 +10,52 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 from detcli.ops.points import ltrb_to_boxes
 
 
-def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det: int) -> dict[str, Tensor]:
-    """Class-wise NMS inside each image, all images in one NMS call, then the best `max_det` per image.
+class BatchedNMS(torch.autograd.Function):
+    """NMS inside every (image, class) group: torchvision's batched_nms when run, a single ONNX
+    NonMaxSuppression node (batch- and class-aware, so the exported graph never compares boxes of
+    different images) when exported.
 
-    boxes (B, K, 4) inside the images, scores (B, K) with invalid candidates < 0, labels (B, K).
-    Images and classes are kept apart by shifting boxes: x by label * S, y by image * S, with S larger
-    than any coordinate (2-D offsets keep the shifted coordinates small enough for fp32).
+    boxes (B, K, 4), class_scores (B, C, K) with 0 for "not a candidate" -> selected (N, 3) as
+    (image, class, box) index rows, like ONNX's NonMaxSuppression.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, class_scores: Tensor, iou: float) -> Tensor:
+        C = class_scores.shape[1]
+        b, c, k = (class_scores > 0).nonzero(as_tuple=True)  # (N,) each
+        # compact group ids: torchvision may shift boxes by id * max coordinate (large ids lose fp32 precision)
+        keep = batched_nms(boxes[b, k], class_scores[b, c, k], b * C + c, iou)
+        return torch.stack([b[keep], c[keep], k[keep]], dim=1)
+
+    @staticmethod
+    def symbolic(g, boxes, class_scores, iou: float):
+        max_per_class = g.op("Constant", value_t=torch.tensor([1 << 30], dtype=torch.int64))
+        iou_t = g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32))
+        thresh = g.op("Constant", value_t=torch.tensor([1e-9], dtype=torch.float32))
+        # x1y1x2y2 works with center_point_box=0: IoU does not depend on which axis comes first
+        return g.op("NonMaxSuppression", boxes, class_scores, max_per_class, iou_t, thresh)
+
+
+def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det: int,
+             num_classes: int) -> dict[str, Tensor]:
+    """Class-wise NMS inside each image, then the best `max_det` per image.
+
+    boxes (B, K, 4), scores (B, K) with invalid candidates < 0, labels (B, K) in [0, C).
     """
     B, K = scores.shape
-    span = boxes.detach().amax() + 1  # () no host sync
-    image_idx = torch.arange(B, device=scores.device)[:, None].expand(B, K)  # (B, K)
-    shift = torch.stack([labels, image_idx, labels, image_idx], dim=-1).to(boxes.dtype) * span  # (B, K, 4)
-    flat_scores = scores.reshape(-1)  # (B*K,)
-    valid = (flat_scores >= 0).nonzero().squeeze(1)  # (N,)
-    keep = valid[nms((boxes + shift).reshape(-1, 4)[valid], flat_scores[valid], iou)]
-    kept_scores = torch.full_like(flat_scores, -1.0).index_copy(0, keep, flat_scores[keep]).reshape(B, K)
+    class_scores = torch.zeros(B, num_classes, K, dtype=scores.dtype, device=scores.device)
+    class_scores.scatter_(1, labels[:, None, :], scores.clamp(min=0)[:, None, :])  # (B, C, K)
+    if torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():  # TorchScript: trace the ops inside
+        selected = BatchedNMS.forward(None, boxes, class_scores, float(iou))  # (N, 3)
+    else:
+        selected = BatchedNMS.apply(boxes, class_scores, float(iou))
+    b, k = selected[:, 0], selected[:, 2]
+    kept_scores = torch.full_like(scores, -1.0).index_put((b, k), scores[b, k])  # (B, K), -1 = dropped
     top_scores, top_idx = kept_scores.topk(min(max_det, K), dim=1)  # (B, D)
     found = top_scores >= 0
     return {
@@ -83,4 +109,4 @@ class FCOSPostprocess(nn.Module):
         boxes = clip_boxes(torch.cat(cand_boxes, 1), image_sizes)  # (B, K, 4)
         scores = torch.cat(cand_scores, 1)  # (B, K)
         scores = torch.where(scores >= self.score_thresh, scores, torch.full_like(scores, -1.0))
-        return nms_topk(boxes, scores, torch.cat(cand_labels, 1), self.nms_thresh, self.max_det)
+        return nms_topk(boxes, scores, torch.cat(cand_labels, 1), self.nms_thresh, self.max_det, C)
