@@ -38,6 +38,8 @@ lint: install
 bench: install
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_infer.py
+	$(BIN)/python scripts/bench_memory.py
+	$(BIN)/python scripts/bench_data.py
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

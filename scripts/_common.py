@@ -30,6 +30,21 @@ def synthetic_batch(batch: int, size: int, num_classes: int, boxes_per_image: in
     }
 
 
+def report(title: str, img_per_s: dict[str, float], extra: list[tuple[str, str]]) -> None:
+    """A rich table: images/s of each contender, then the ratios."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for k, v in img_per_s.items():
+        table.add_row(f"{k} images/s", f"{v:.2f}")
+    for row in extra:
+        table.add_row(*row)
+    Console().print(table)
+
+
 def timed(fn, warmup: int, iters: int, device: torch.device) -> float:
     """Seconds per call, after warmup calls, with the device synchronised around the timed loop."""
     for _ in range(warmup):

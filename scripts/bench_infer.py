@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import compose_model, synthetic_batch, timed
+from _common import compose_model, report, synthetic_batch, timed
 from bench_train import torchvision_fcos
 
 
@@ -64,7 +64,10 @@ def main() -> None:
     result = {"args": vars(args), "img_per_s": ips, "speedup_vs_torchvision": ips["detcli"] / ips["torchvision"]}
     if session is not None:
         result["onnxruntime_vs_eager"] = ips["detcli onnxruntime"] / ips["detcli"]
-    report(result, f"inference, FCOS {args.backbone}, {args.batch} x {args.size} px, {device}")
+    extra = [("detcli / torchvision (target >= 1.3 on CPU)", f"{result['speedup_vs_torchvision']:.2f}x")]
+    if session is not None:
+        extra.append(("onnxruntime / eager (target >= 1.5 on CPU)", f"{result['onnxruntime_vs_eager']:.2f}x"))
+    report(f"inference, FCOS {args.backbone}, {args.batch} x {args.size} px, {device}", ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")
@@ -80,21 +83,6 @@ def onnx_session(model, images):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def report(result: dict, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for k, v in result["img_per_s"].items():
-        table.add_row(f"{k} images/s", f"{v:.2f}")
-    table.add_row("detcli / torchvision (target >= 1.3 on CPU)", f"{result['speedup_vs_torchvision']:.2f}x")
-    if "onnxruntime_vs_eager" in result:
-        table.add_row("onnxruntime / eager (target >= 1.5 on CPU)", f"{result['onnxruntime_vs_eager']:.2f}x")
-    Console().print(table)
 
 
 if __name__ == "__main__":

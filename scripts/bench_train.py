@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import compose_model, synthetic_batch, timed
+from _common import compose_model, report, synthetic_batch, timed
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -95,26 +95,14 @@ def main() -> None:
     if device.type == "cuda":  # forward + backward of FCOS-R50 at 800x1333 is about 1.29 TFLOP per image
         flops = 1.29e12 * (args.size * args.size) / (800 * 1333)
         result["achieved_tflops"] = flops * ips["detcli"] / 1e12
-    report(result, f"training, FCOS {args.backbone}, {args.batch} x {args.size} px, {args.precision}, {device}")
+    extra = [("detcli / torchvision (target >= 1.5 on CPU)", f"{result['speedup_vs_torchvision']:.2f}x"),
+             ("overhead: full step / trivial-loss step (target <= 1.10)", f"{result['overhead_ratio']:.3f}")]
+    if "achieved_tflops" in result:
+        extra.append(("achieved TFLOP/s (model FLOPs)", f"{result['achieved_tflops']:.1f}"))
+    report(f"training, FCOS {args.backbone}, {args.batch} x {args.size} px, {args.precision}, {device}", ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")
-
-
-def report(result: dict, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for k, v in result["img_per_s"].items():
-        table.add_row(f"{k} images/s", f"{v:.2f}")
-    table.add_row("detcli / torchvision (target >= 1.5 on CPU)", f"{result['speedup_vs_torchvision']:.2f}x")
-    table.add_row("overhead: full step / trivial-loss step (target <= 1.10)", f"{result['overhead_ratio']:.3f}")
-    if "achieved_tflops" in result:
-        table.add_row("achieved TFLOP/s (model FLOPs)", f"{result['achieved_tflops']:.1f}")
-    Console().print(table)
 
 
 if __name__ == "__main__":
