@@ -9,35 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
-from detcli.data.collate import collate
-from detcli.data.sampler import EpochSampler
-from detcli.data.transforms import train_transforms, val_transforms
-from detcli.errors import ConfigError, DataError
+from detcli.data.base import DetectionData, ImageRecord, require
+from detcli.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageRecord:
-    image_id: int
-    file_name: str
-    height: int
-    width: int
-    boxes: np.ndarray  # (n, 4) x1y1x2y2, original pixels
-    labels: np.ndarray  # (n,) contiguous labels
-    iscrowd: np.ndarray  # (n,) bool
-    area: np.ndarray = field(default=None)  # (n,) COCO area, for small/medium/large
-
 
 def load_coco_json(path: str | Path, key: str) -> dict:
     path = Path(path).expanduser()
@@ -90,95 +70,17 @@ def parse_coco(data: dict, path: str, cat_ids: list[int]) -> tuple[list[ImageRec
     return records, dropped
 
 
-class CocoDataset(Dataset):
-    """(image uint8 (3, h, w), target {boxes, labels} after transforms, meta) per image.
+class CocoData(DetectionData):
+    """A COCO-format dataset: `train_ann` / `val_ann` jsons and their image folders."""
 
-    meta holds image_id, file_name, orig_size (H, W) and the original gt for evaluation.
-    """
-
-    def __init__(self, records: list[ImageRecord], image_dir: str | Path, transforms, train: bool):
-        self.records = records
-        self.image_dir = Path(image_dir).expanduser()
-        self.transforms = transforms
-        self.train = train
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, key: int | tuple[int, int]):
-        i, sample_seed = key if isinstance(key, tuple) else (key, None)
-        rec = self.records[i]
-        image = read_image(self.image_dir / rec.file_name)
-        H, W = image.shape[-2:]
-        if (H, W) != (rec.height, rec.width):
-            scale = np.array([W / rec.width, H / rec.height] * 2, dtype=np.float32)
-        else:
-            scale = np.ones(4, dtype=np.float32)
-        keep = ~rec.iscrowd if self.train else np.ones(len(rec.labels), dtype=bool)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.from_numpy(rec.boxes[keep] * scale), format="XYXY", canvas_size=(H, W)
-            ),
-            "labels": torch.from_numpy(rec.labels[keep]),
-        }
-        with torch.random.fork_rng(devices=[], enabled=sample_seed is not None):
-            if sample_seed is not None:
-                torch.manual_seed(sample_seed)
-            image, target = self.transforms(tv_tensors.Image(image), target)
-        meta = {"image_id": rec.image_id, "file_name": rec.file_name, "orig_size": (H, W)}
-        if not self.train:
-            meta["gt"] = {
-                "boxes": torch.from_numpy(rec.boxes * scale),
-                "labels": torch.from_numpy(rec.labels),
-                "iscrowd": torch.from_numpy(rec.iscrowd.astype(np.int64)),
-                "area": torch.from_numpy(rec.area),
-            }
-        return image.as_subclass(torch.Tensor), target, meta
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """RGB uint8 (3, H, W); a missing or undecodable file is a DataError naming it."""
-    try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except FileNotFoundError:
-        raise DataError(f"image file '{path}' does not exist.") from None
-    except Exception as e:
-        raise DataError(f"image file '{path}' cannot be decoded ({e}); it may be truncated or not an image.") from e
-
-
-class CocoData:
-    """The data config's object: datasets, loaders and the class list of a COCO-format dataset."""
-
-    def __init__(
-        self,
-        train_ann: str | None = None,
-        train_images: str | None = None,
-        val_ann: str | None = None,
-        val_images: str | None = None,
-        image_size=(800, 1333),
-        size_divisible: int = 32,
-        hflip: float = 0.5,
-        batch_size: int = 16,
-        val_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-    ):
+    def __init__(self, train_ann: str | None = None, train_images: str | None = None, val_ann: str | None = None,
+                 val_images: str | None = None, **kwargs):
+        super().__init__(**kwargs)
         self.paths = {"train_ann": train_ann, "train_images": train_images, "val_ann": val_ann,
                       "val_images": val_images}
-        self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
-        self.size_divisible = size_divisible
-        self.hflip = hflip
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory and torch.cuda.is_available()
 
     def path(self, key: str) -> str:
-        value = self.paths[key]
-        if value in (None, "", "???"):
-            raise ConfigError(f"data.{key} is not set: give data.{key}=PATH on the command line.")
-        return str(Path(value).expanduser())
+        return require(self.paths[key], f"data.{key}")
 
     @cached_property
     def _train_json(self) -> dict:
@@ -193,23 +95,9 @@ class CocoData:
         data = self._train_json if self.paths["train_ann"] not in (None, "", "???") else self._val_json
         return sorted(data["categories"], key=lambda c: c["id"])
 
-    @property
-    def cat_ids(self) -> list[int]:
-        return [int(c["id"]) for c in self.categories]
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(c.get("name", c["id"])) for c in self.categories]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
-
-    def dataset(self, split: str, cat_ids: list[int] | None = None) -> CocoDataset:
-        """split 'train' or 'val'; cat_ids fixes the label order (e.g. a checkpoint's)."""
+    def load_split(self, split: str, cat_ids: list[int]) -> tuple[list[ImageRecord], Path]:
         data = self._train_json if split == "train" else self._val_json
         ann_key = f"data.{split}_ann"
-        cat_ids = list(cat_ids or self.cat_ids)
         file_ids = sorted(int(c["id"]) for c in data["categories"])
         if not set(file_ids) <= set(cat_ids):
             raise DataError(f"{ann_key}: '{self.path(f'{split}_ann')}' has category ids {file_ids}, but the "
@@ -217,33 +105,4 @@ class CocoData:
         records, dropped = parse_coco(data, self.path(f"{split}_ann"), cat_ids)
         if dropped:
             log.warning("%s: %d boxes with zero or negative width/height or NaN were dropped", ann_key, dropped)
-        tf = train_transforms(self.image_size, self.hflip) if split == "train" else val_transforms(self.image_size)
-        return CocoDataset(records, self.path(f"{split}_images"), tf, train=split == "train")
-
-    def train_loader(self, dataset: CocoDataset, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-        sampler = EpochSampler(len(dataset), seed, shuffle=True, rank=rank, world_size=world_size)
-        return self._loader(dataset, sampler, self.batch_size, drop_last=True)
-
-    def val_loader(self, dataset: CocoDataset, rank: int = 0, world_size: int = 1) -> DataLoader:
-        sampler = EpochSampler(len(dataset), 0, shuffle=False, rank=rank, world_size=world_size)
-        return self._loader(dataset, sampler, self.val_batch_size, drop_last=False)
-
-    def _loader(self, dataset, sampler, batch_size: int, drop_last: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=_Collate(self.size_divisible),
-            pin_memory=self.pin_memory,
-            drop_last=drop_last,
-            generator=torch.Generator(),
-        )
-
-
-class _Collate:
-    def __init__(self, size_divisible: int):
-        self.size_divisible = size_divisible
-
-    def __call__(self, samples):
-        return collate(samples, self.size_divisible)
+        return records, Path(self.path(f"{split}_images"))

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from detcli.data.coco import read_image
+from detcli.data.base import read_image
 from detcli.data.transforms import val_transforms
 from detcli.errors import DataError
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision.io import write_jpeg, write_png
 from torchvision.utils import draw_bounding_boxes
 
-from detcli.data.coco import read_image
+from detcli.data.base import read_image
 from detcli.data.collate import collate
 from detcli.data.images import ImageFiles, find_images
 from detcli.engine.evaluator import run_inference
