@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import detcli
+
 from detcli.data.coco import CocoData
 from detcli.data.toy import generate_toy
 from detcli.data.voc import VocData
