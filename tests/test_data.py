@@ -52,14 +52,15 @@ def coco(tmp_path):
     }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     return CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path), val_ann=str(tmp_path / "ann.json"),
-                    val_images=str(tmp_path), image_size=60, hflip=0.0, batch_size=3, num_workers=0)
+                    val_images=str(tmp_path), image_size=60, hflip=0.0, batch_size=3, num_workers=0,
+                    on_bad="clip")
 
 
 def test_coco_ids_map_to_contiguous_labels(coco):
     assert coco.cat_ids == [3, 7] and coco.class_names == ["dog", "cat"] and coco.num_classes == 2
     image, target, meta = coco.dataset("train")[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 40, 60)
-    # the crowd box is left out of training; the box reaching past the border (30+40 > 60) is cut at it
+    # the crowd box is left out of training; the box reaching past the border (30+40 > 60) is clipped
     assert target["labels"].tolist() == [1, 1]
     torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), torch.tensor([[1.0, 2, 11, 22], [30, 5, 60, 15]]))
     assert meta["image_id"] == 10
@@ -89,8 +90,12 @@ def test_resize_keeps_the_aspect_ratio(coco):
 
 def test_corrupt_image_error_names_the_file(coco, tmp_path):
     (tmp_path / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    coco.on_bad = "error"
+    with pytest.raises(DataError, match="im1.png: image cannot be read"):
+        coco.dataset("train")  # found by the header check before training
+    coco.check_images, coco.on_bad = False, "clip"
     with pytest.raises(DataError, match="im1.png"):
-        coco.dataset("train")[1]
+        coco.dataset("train")[1]  # and when read
 
 
 def test_bad_json_error_names_file_and_line(tmp_path):
@@ -104,6 +109,7 @@ def test_unknown_category_names_the_annotation(coco, tmp_path):
     ann = json.loads((tmp_path / "ann.json").read_text())
     ann["annotations"][0]["category_id"] = 99
     (tmp_path / "ann.json").write_text(json.dumps(ann))
-    data = CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path))
-    with pytest.raises(DataError, match="annotation id 1 has category_id 99"):
-        data.dataset("train")
+    data = CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path), on_bad="clip")
+    with pytest.raises(DataError, match="annotation id 1: unknown category_id 99"):
+        CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path)).dataset("train")
+    assert data.dataset("train")[0][1]["labels"].tolist() == [1]  # left out under on_bad=clip

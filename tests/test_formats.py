@@ -127,7 +127,7 @@ def test_yolo_bad_line_names_file_and_line(formats, tmp_path):
     label.write_text("0 0.5 0.5 0.2\n")
     yaml_file = tmp_path / "yolo" / "data.yaml"
     yaml_file.write_text(yaml_file.read_text().replace(str(formats["root"] / "yolo"), str(tmp_path / "yolo")))
-    with pytest.raises(Exception, match=rf"{label.name}' line 1: expected 'class cx cy w h'"):
+    with pytest.raises(Exception, match=rf"{label.name}: line 1: expected 'class cx cy w h'"):
         YoloData(yaml_file=str(yaml_file), num_workers=0).dataset("train")
 
 

@@ -28,6 +28,8 @@ class ImageRecord:
     labels: np.ndarray  # (n,) contiguous labels
     iscrowd: np.ndarray  # (n,) bool
     area: np.ndarray = field(default=None)  # (n,) COCO area, for small/medium/large
+    sources: list = field(default_factory=list)  # per box: where it is written ("line 3", "annotation id 7")
+    ann_file: str = ""  # the file holding this image's annotations
 
 
 class DetectionDataset(Dataset):
@@ -102,7 +104,11 @@ class DetectionData:
         val_batch_size: int | None = None,
         num_workers: int = 4,
         pin_memory: bool = True,
+        on_bad: str = "error",
+        check_images: bool = True,
     ):
+        self.on_bad = on_bad
+        self.check_images = check_images
         self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
         self.size_divisible = size_divisible
         self.hflip = hflip
@@ -113,8 +119,21 @@ class DetectionData:
 
     categories: list[dict]
 
-    def load_split(self, split: str, cat_ids: list[int]) -> tuple[list[ImageRecord], Path]:
+    def load_split(self, split: str, cat_ids: list[int]) -> tuple[list[ImageRecord], Path, list]:
+        """(records, image root, defects found while parsing) of one split."""
         raise NotImplementedError
+
+    def checked_split(self, split: str, cat_ids: list[int], decode: bool = False):
+        """load_split plus the box checks and (data.check_images) the image checks: records, root, defects."""
+        from detcli.data.checks import box_defects, image_defects
+
+        records, root, defects = self.load_split(split, cat_ids)
+        flagged_boxes = {(d.image, d.box) for d in defects}
+        defects = defects + [d for d in box_defects(records) if (d.image, d.box) not in flagged_boxes]
+        if self.check_images or decode:
+            flagged = {d.image for d in defects if d.box is None}
+            defects += [d for d in image_defects(records, root, decode=decode) if d.image not in flagged]
+        return records, root, defects
 
     @property
     def cat_ids(self) -> list[int]:
@@ -130,7 +149,10 @@ class DetectionData:
 
     def dataset(self, split: str, cat_ids: list[int] | None = None) -> DetectionDataset:
         """split 'train' or 'val'; cat_ids fixes the label order (e.g. a checkpoint's)."""
-        records, root = self.load_split(split, list(cat_ids or self.cat_ids))
+        from detcli.data.checks import apply_policy
+
+        records, root, defects = self.checked_split(split, list(cat_ids or self.cat_ids))
+        records = apply_policy(records, defects, self.on_bad, f"the {split} split")
         tf = train_transforms(self.image_size, self.hflip) if split == "train" else val_transforms(self.image_size)
         return DetectionDataset(records, root, tf, train=split == "train")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from detcli.data.base import DetectionData, ImageRecord, require
+from detcli.data.checks import Defect
 from detcli.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -33,41 +34,56 @@ def load_coco_json(path: str | Path, key: str) -> dict:
     return data
 
 
-def parse_coco(data: dict, path: str, cat_ids: list[int]) -> tuple[list[ImageRecord], int]:
-    """Records per image in file order and the number of annotations dropped as degenerate."""
+def parse_coco(data: dict, path: str, cat_ids: list[int]) -> tuple[list[ImageRecord], list[Defect]]:
+    """Records per image in file order (every box, bad ones included) and the defects found."""
     cat_to_label = {c: i for i, c in enumerate(cat_ids)}
+    defects: list[Defect] = []
+    image_index: dict = {}
+    for i, img in enumerate(data["images"]):
+        if img.get("id") in image_index:
+            defects.append(Defect(path, f"image id {img.get('id')}", "duplicate image id", i))
+        image_index.setdefault(img.get("id"), i)
     per_image: dict[int, list[dict]] = {}
+    seen_ann: set = set()
     for ann in data["annotations"]:
-        if ann.get("category_id") not in cat_to_label:
-            raise DataError(
-                f"'{path}': annotation id {ann.get('id')} has category_id {ann.get('category_id')}, "
-                f"which is not in the file's categories {cat_ids}."
-            )
-        per_image.setdefault(ann["image_id"], []).append(ann)
-    records, dropped = [], 0
-    for img in data["images"]:
-        anns = per_image.get(img["id"], [])
-        xywh = np.array([a.get("bbox", [math.nan] * 4) for a in anns], dtype=np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        w, h = float(img["width"]), float(img["height"])
-        boxes = np.clip(boxes, 0, [w, h, w, h])  # a box reaching past the border is cut at it
-        ok = np.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        dropped += int((~ok).sum())
-        keep = [a for a, k in zip(anns, ok) if k]
-        records.append(
-            ImageRecord(
-                image_id=img["id"],
-                file_name=img["file_name"],
-                height=int(img["height"]),
-                width=int(img["width"]),
-                boxes=boxes[ok].astype(np.float32),
-                labels=np.array([cat_to_label[a["category_id"]] for a in keep], dtype=np.int64),
-                iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in keep], dtype=bool),
-                area=np.array([a.get("area", (b[2] - b[0]) * (b[3] - b[1])) for a, b in zip(keep, boxes[ok])],
-                              dtype=np.float32),
-            )
-        )
-    return records, dropped
+        if ann.get("image_id") not in image_index:
+            defects.append(Defect(path, f"annotation id {ann.get('id')}",
+                                  f"points at image_id {ann.get('image_id')}, which is not in 'images'"))
+            continue
+        per_image.setdefault(image_index[ann["image_id"]], []).append(ann)
+    records = []
+    for i, img in enumerate(data["images"]):
+        anns = per_image.get(i, [])
+        xywh = np.array([_bbox(a) for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+        for j, a in enumerate(anns):
+            where = f"annotation id {a.get('id')}"
+            if a.get("id") in seen_ann:
+                defects.append(Defect(path, where, "duplicate annotation id", i, j))
+            seen_ann.add(a.get("id"))
+            if a.get("category_id") not in cat_to_label:
+                defects.append(Defect(path, where, f"unknown category_id {a.get('category_id')} (categories: "
+                                                   f"{cat_ids})", i, j))
+        records.append(ImageRecord(
+            image_id=img["id"], file_name=img["file_name"], height=int(img["height"]), width=int(img["width"]),
+            boxes=boxes,
+            labels=np.array([cat_to_label.get(a.get("category_id"), -1) for a in anns], dtype=np.int64),
+            iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+            area=np.array([a.get("area", (b[2] - b[0]) * (b[3] - b[1])) for a, b in zip(anns, boxes)],
+                          dtype=np.float32).reshape(-1),
+            sources=[f"annotation id {a.get('id')}" for a in anns], ann_file=path,
+        ))
+    return records, defects
+
+
+def _bbox(ann: dict) -> list[float]:
+    box = ann.get("bbox")
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return [math.nan] * 4
+    try:
+        return [float(v) for v in box]
+    except (TypeError, ValueError):
+        return [math.nan] * 4
 
 
 class CocoData(DetectionData):
@@ -102,7 +118,5 @@ class CocoData(DetectionData):
         if not set(file_ids) <= set(cat_ids):
             raise DataError(f"{ann_key}: '{self.path(f'{split}_ann')}' has category ids {file_ids}, but the "
                             f"model was built for {cat_ids}.")
-        records, dropped = parse_coco(data, self.path(f"{split}_ann"), cat_ids)
-        if dropped:
-            log.warning("%s: %d boxes with zero or negative width/height or NaN were dropped", ann_key, dropped)
-        return records, Path(self.path(f"{split}_images"))
+        records, defects = parse_coco(data, self.path(f"{split}_ann"), cat_ids)
+        return records, Path(self.path(f"{split}_images")), defects

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from detcli.data.base import DetectionData, ImageRecord, require
+from detcli.data.checks import Defect
 from detcli.data.images import IMAGE_SUFFIXES
 from detcli.errors import DataError
 
@@ -69,41 +70,50 @@ class VocData(DetectionData):
         return sorted(p.stem for p in self._layout[0].glob("*.xml"))
 
     @cached_property
-    def _parsed(self) -> dict[str, dict]:
+    def _parsed(self) -> dict[str, dict | DataError]:
+        """stem -> parsed annotation, or the error that makes it unreadable (a defect of that image)."""
         ann_dir = self._layout[0]
-        stems = sorted(set(self._stems("train")) | set(self._stems("val")))
-        out = {}
-        for stem in stems:
+        out: dict = {}
+        for stem in sorted(set(self._stems("train")) | set(self._stems("val"))):
             xml = ann_dir / f"{stem}.xml"
-            if not xml.is_file():
-                raise DataError(f"data=voc: split list names '{stem}', but '{xml}' does not exist.")
-            out[stem] = parse_voc_xml(xml)
+            try:
+                if not xml.is_file():
+                    raise DataError("the split list names it, but the annotation file does not exist")
+                out[stem] = parse_voc_xml(xml)
+            except DataError as e:
+                out[stem] = e
         return out
 
     @cached_property
     def categories(self) -> list[dict]:
-        names = self.classes or sorted({o[0] for a in self._parsed.values() for o in a["objects"]})
+        names = self.classes or sorted({o[0] for a in self._parsed.values() if isinstance(a, dict)
+                                        for o in a["objects"]})
         return [{"id": i + 1, "name": n} for i, n in enumerate(names)]
 
-    def load_split(self, split: str, cat_ids: list[int]) -> tuple[list[ImageRecord], Path]:
+    def load_split(self, split: str, cat_ids: list[int]) -> tuple[list[ImageRecord], Path, list[Defect]]:
         label_of = {c["name"]: cat_ids.index(c["id"]) for c in self.categories if c["id"] in cat_ids}
         ann_dir, image_dir = self._layout
-        records = []
+        records, defects = [], []
         for i, stem in enumerate(self._stems(split)):
             ann = self._parsed[stem]
-            unknown = [o[0] for o in ann["objects"] if o[0] not in label_of]
-            if unknown:
-                raise DataError(f"'{ann_dir / stem}.xml': class '{unknown[0]}' is not in data.classes "
-                                f"{list(label_of)}.")
+            xml = str(ann_dir / f"{stem}.xml")
+            if isinstance(ann, DataError):
+                defects.append(Defect(xml, "", str(ann), i))
+                ann = {"filename": None, "width": 0, "height": 0, "objects": []}
+            for j, o in enumerate(ann["objects"]):
+                if o[0] not in label_of:
+                    defects.append(Defect(xml, f"object {j + 1}", f"class '{o[0]}' is not in data.classes "
+                                                                   f"{list(label_of)}", i, j))
             boxes = np.array([o[2] for o in ann["objects"]], dtype=np.float32).reshape(-1, 4)
             records.append(ImageRecord(
                 image_id=i + 1, file_name=_image_name(image_dir, stem, ann["filename"]),
                 height=ann["height"], width=ann["width"], boxes=boxes,
-                labels=np.array([label_of[o[0]] for o in ann["objects"]], dtype=np.int64),
+                labels=np.array([label_of.get(o[0], -1) for o in ann["objects"]], dtype=np.int64),
                 iscrowd=np.array([o[1] for o in ann["objects"]], dtype=bool),
                 area=(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+                sources=[f"object {j + 1}" for j in range(len(boxes))], ann_file=xml,
             ))
-        return records, image_dir
+        return records, image_dir, defects
 
 
 def _image_name(image_dir: Path, stem: str, filename: str | None) -> str:

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from detcli.data.base import DetectionData, ImageRecord, require
+from detcli.data.checks import Defect
 from detcli.data.images import IMAGE_SUFFIXES
 from detcli.errors import DataError
 
@@ -27,26 +28,32 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def read_labels(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(classes (n,), normalised cx cy w h (n, 4)); no file means no boxes. Errors name the line."""
+def read_labels(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(classes (n,), normalised cx cy w h (n, 4), [(line, problem)]) of a label file; no file means no
+    boxes. A bad line keeps its place as a NaN box with class -1, so that it can be reported and left out."""
     if not path.is_file():
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32)
-    classes, boxes = [], []
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32), []
+    classes, boxes, problems = [], [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
+        cls, values, problem = -1, [float("nan")] * 4, None
         if len(fields) != 5:
-            raise DataError(f"'{path}' line {n}: expected 'class cx cy w h' (5 fields), got {len(fields)}.")
-        try:
-            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
-        except ValueError as e:
-            raise DataError(f"'{path}' line {n}: not numbers: '{line.strip()}'.") from e
-        if not 0 <= cls < num_classes:
-            raise DataError(f"'{path}' line {n}: class index {cls} is outside names (0..{num_classes - 1}).")
+            problem = f"expected 'class cx cy w h' (5 fields), got {len(fields)}"
+        else:
+            try:
+                cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+            except ValueError:
+                problem = f"not numbers: '{line.strip()}'"
+            else:
+                if not 0 <= cls < num_classes:
+                    problem, cls = f"class index {cls} is outside names (0..{num_classes - 1})", -1
+        if problem:
+            problems.append((n, problem))
         classes.append(cls)
         boxes.append(values)
-    return np.array(classes, dtype=np.int64), np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    return np.array(classes, dtype=np.int64), np.array(boxes, dtype=np.float32).reshape(-1, 4), problems
 
 
 class YoloData(DetectionData):
@@ -92,24 +99,34 @@ class YoloData(DetectionData):
                                 f"under '{self.base}'.")
         return files
 
-    def load_split(self, split: str, cat_ids: list[int]) -> tuple[list[ImageRecord], Path]:
+    def load_split(self, split: str, cat_ids: list[int]) -> tuple[list[ImageRecord], Path, list[Defect]]:
         label_of = {c: i for i, c in enumerate(cat_ids)}
-        records = []
+        records, defects = [], []
         for i, image in enumerate(self._images(split)):
             try:
                 with Image.open(image) as im:
                     width, height = im.size
-            except OSError as e:
-                raise DataError(f"image file '{image}' cannot be read ({e}).") from e
-            classes, cxcywh = read_labels(label_path(image), len(self.categories))
+            except OSError as e:  # the size is needed to read the labels: the image is a defect
+                defects.append(Defect(str(image), "", f"image cannot be read ({e})", i))
+                width = height = 0
+            label_file = label_path(image)
+            classes, cxcywh, problems = read_labels(label_file, len(self.categories))
+            lines = [n for n, line in enumerate(_lines(label_file), 1) if line.split()]
+            for n, problem in problems:
+                defects.append(Defect(str(label_file), f"line {n}", problem, i, lines.index(n)))
             xy, wh = cxcywh[:, :2], cxcywh[:, 2:]
             boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1) * np.array([width, height] * 2, dtype=np.float32)
-            boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
+            boxes = boxes.astype(np.float32)
             records.append(ImageRecord(
                 image_id=i + 1, file_name=str(image.relative_to(self.base)) if image.is_relative_to(self.base)
                 else str(image), height=height, width=width, boxes=boxes,
-                labels=np.array([label_of[int(c)] for c in classes], dtype=np.int64),
+                labels=np.array([label_of.get(int(c), -1) for c in classes], dtype=np.int64),
                 iscrowd=np.zeros(len(classes), dtype=bool),
                 area=(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+                sources=[f"line {n}" for n in lines], ann_file=str(label_file),
             ))
-        return records, self.base
+        return records, self.base, defects
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
