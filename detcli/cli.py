@@ -15,7 +15,9 @@ COMMANDS = {
     "eval": "COCO metrics of a checkpoint on its (or another) val set: detcli eval checkpoint=PATH",
     "predict": "detect objects in images: detcli predict checkpoint=PATH source=IMAGE|DIR|GLOB",
     "export": "ONNX / TorchScript with NMS, checked against PyTorch: detcli export checkpoint=PATH format=onnx",
+    "data": "check a dataset or draw samples: detcli data check data=voc data.root=... | detcli data show n=16",
 }
+DATA_ACTIONS = ("check", "show")
 
 
 def config_dir() -> str:
@@ -47,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detcli {__version__}")
         return 0
     cmd, rest = args[0], args[1:]
-    if cmd not in COMMANDS:
+    if cmd == "data":
+        if not rest or rest[0] not in DATA_ACTIONS:
+            print(f"detcli data: give an action: {' | '.join(DATA_ACTIONS)} (e.g. detcli data check data=coco ...).",
+                  file=sys.stderr)
+            return 2
+        cmd, rest = f"data_{rest[0]}", rest[1:]
+    elif cmd not in COMMANDS:
         close = difflib.get_close_matches(cmd, COMMANDS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         print(f"detcli: unknown subcommand '{cmd}'.{hint} Subcommands: {', '.join(COMMANDS)}.", file=sys.stderr)

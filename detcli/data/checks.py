@@ -66,7 +66,7 @@ def image_defects(records: list, root: Path, decode: bool = False, workers: int 
                     im.load()
         except Exception as e:  # noqa: BLE001 - every decoder error means an unreadable image
             return Defect(str(path), "", f"image cannot be read ({type(e).__name__}: {e})", i)
-        if decode and _truncated(path):
+        if _truncated(path):  # cheap: the last bytes only
             return Defect(str(path), "", "image file is truncated (no end-of-image marker)", i)
         if size != (r.width, r.height):
             return Defect(str(path), "", f"image is {size[0]}x{size[1]} but its annotation says {r.width}x{r.height}",
