@@ -49,8 +49,12 @@ def test_missing_weights_file_names_the_key(tmp_path):
 
 
 def test_offline_pretrained_failure_names_both_ways_out(monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("could not reach the hub")
+    create = timm.create_model
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("could not reach the hub")
+        return create(*args, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(ConfigError) as e:

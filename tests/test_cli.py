@@ -110,3 +110,14 @@ def test_r50_composes_and_trains_two_steps(tmp_path, cache_dir):
     detcli("train", "head=fcos", "backbone=resnet50", "trainer.max_steps=2", "data.num_train=32", "data.num_val=8",
            "data.batch_size=4", "data.num_workers=0", f"hydra.run.dir={tmp_path}/r50")
     assert Path(tmp_path / "r50" / "checkpoints" / "last.pt").is_file()
+
+
+def test_predict_keeps_same_named_images_of_different_folders_apart(trained_run, tmp_path, cache_dir):
+    val = next(cache_dir.glob("toy_*_n32_*")) / "val"
+    src = tmp_path / "src"
+    for cam in ("cam1", "cam2"):
+        (src / cam).mkdir(parents=True)
+        (src / cam / "0001.jpg").write_bytes(next(val.glob("*.jpg")).read_bytes())
+    out = tmp_path / "pred"
+    detcli("predict", f"checkpoint={trained_run}/checkpoints/best.pt", f"source={src}", f"hydra.run.dir={out}")
+    assert (out / "images" / "cam1" / "0001.jpg").is_file() and (out / "images" / "cam2" / "0001.jpg").is_file()

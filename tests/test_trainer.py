@@ -195,3 +195,29 @@ def test_csv_logger_and_accumulation(tmp_path, cache_dir):
     assert header.startswith("step,epoch,loss,loss_cls")
     assert (run / "eval_log.csv").read_text().splitlines()[0].startswith("step,epoch,map")
     assert json.loads((run / "train_log.jsonl").read_text().splitlines()[-1])["epoch"] == 0.5  # 2 steps x 2 batches of an 8-batch epoch
+
+
+def test_resume_applies_a_new_learning_rate_and_keeps_best_runs_apart(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=4", "trainer.eval_interval=2",
+           f"hydra.run.dir={run}")
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=6", "trainer.optimizer.lr=1e-6",
+           f"hydra.run.dir={run}", "resume=auto")
+    logs = {json.loads(x)["step"]: json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()}
+    assert logs[4]["lr"] > 1e-5 and logs[6]["lr"] <= 1e-6  # the lr given on resume holds
+    # resuming from best.pt is a new run in its own folder: the original last.pt stays as it was
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=6", f"hydra.run.dir={tmp_path}/from_best",
+           f"resume={run}/checkpoints/best.pt")
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+    assert (tmp_path / "from_best" / "checkpoints" / "last.pt").is_file()
+
+
+def test_inference_never_fetches_backbone_weights(trained_run, tmp_path):
+    from detcli.tasks.common import load_model
+
+    ckpt = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["config"]["backbone"]["pretrained"] = True
+    ckpt["config"]["backbone"]["weights"] = str(tmp_path / "moved_away.pth")
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    _, cfg, meta, _ = load_model(str(tmp_path / "ckpt.pt"), "cpu")
+    assert meta["class_names"] == ["circle", "square", "triangle"] and not cfg.backbone.pretrained

@@ -49,9 +49,7 @@ class FCOSAssigner(nn.Module):
         R = points.shape[0]
         if M == 0:
             return torch.full((B, R), -1, dtype=torch.long, device=points.device)
-        ranges = self.ranges.to(points.device).repeat_interleave(
-            torch.tensor(level_sizes, device=points.device), dim=0
-        )  # (R, 2)
+        ranges = torch.cat([r.expand(n, 2) for r, n in zip(self.ranges.to(points.device), level_sizes)])  # (R, 2)
         x = points[None, :, 0, None]  # (1, R, 1)
         y = points[None, :, 1, None]
         x1, y1, x2, y2 = gt_boxes.float()[:, None].unbind(-1)  # each (B, 1, M)

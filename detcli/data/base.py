@@ -173,7 +173,7 @@ class DetectionData:
             collate_fn=_Collate(self.size_divisible),
             pin_memory=self.pin_memory,
             drop_last=drop_last,
-            persistent_workers=False,
+            generator=torch.Generator().manual_seed(0),  # worker seeds never draw from the global RNG
         )
 
 

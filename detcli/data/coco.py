@@ -53,6 +53,8 @@ def parse_coco(data: dict, path: str, cat_ids: list[int]) -> tuple[list[ImageRec
         per_image.setdefault(image_index[ann["image_id"]], []).append(ann)
     records = []
     for i, img in enumerate(data["images"]):
+        if not all(k in img for k in ("id", "file_name", "width", "height")):
+            raise DataError(f"'{path}': images[{i}] lacks one of id, file_name, width, height: {img}.")
         anns = per_image.get(i, [])
         xywh = np.array([_bbox(a) for a in anns], dtype=np.float64).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 def find_images(source: str) -> list[Path]:
     """Image files of a file, a folder (searched recursively) or a glob pattern (folders it matches included)."""
     path = Path(source).expanduser()
-    if any(c in source for c in "*?["):
+    if not path.exists() and any(c in source for c in "*?["):
         matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
     elif path.exists():
         matches = [path]
@@ -39,6 +40,8 @@ class ImageFiles(Dataset):
 
     def __init__(self, files: list[Path], image_size):
         self.files = files
+        common = Path(os.path.commonpath([str(f.resolve().parent) for f in files])) if files else Path()
+        self.relative = [str(f.resolve().relative_to(common)) for f in files]  # unique names for outputs
         self.transforms = val_transforms(image_size)
 
     def __len__(self) -> int:
@@ -49,5 +52,6 @@ class ImageFiles(Dataset):
         H, W = image.shape[-2:]
         resized = self.transforms(tv_tensors.Image(image)).as_subclass(torch.Tensor)
         target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
-        meta = {"image_id": i + 1, "file_name": str(self.files[i]), "orig_size": (H, W)}
+        meta = {"image_id": i + 1, "file_name": str(self.files[i]), "orig_size": (H, W),
+                "relative": self.relative[i]}
         return resized, target, meta

@@ -20,10 +20,11 @@ def world_size() -> int:
 def init_from_env() -> None:
     """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
     if world_size() > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        if torch.cuda.is_available():  # CUDA tensors over NCCL, CPU tensors (a CPU run) over gloo
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
 
 
 def shared_run_dir() -> str:

@@ -22,7 +22,7 @@ from detcli.engine.progress import Progress
 from detcli.engine.schedule import build_scheduler
 from detcli.engine.signals import StopRequest
 from detcli.engine.utils import autocast_dtype, is_main_process
-from detcli.errors import ConfigError, DetcliError
+from detcli.errors import CheckpointError, ConfigError, DetcliError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    from hydra.utils import instantiate
+    from detcli.build import instantiate_group
 
-    factory = instantiate(opt_cfg)
-    return factory(param_groups(model, float(opt_cfg.get("weight_decay", 0.0))))
+    factory = instantiate_group("trainer.optimizer", opt_cfg)
+    try:
+        return factory(param_groups(model, float(opt_cfg.get("weight_decay", 0.0))))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"trainer.optimizer: {opt_cfg._target_} does not accept these settings: {e}") from e
+
+
+def _validate(t: DictConfig) -> None:
+    """Values that would otherwise fail deep inside the loop, named by their key."""
+    from detcli.engine.schedule import NAMES
+
+    for key in ("accumulate", "log_interval"):
+        if int(t[key]) < 1:
+            raise ConfigError(f"trainer.{key} must be at least 1, got {t[key]}.")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"trainer.on_nonfinite must be stop or skip, got '{t.on_nonfinite}'.")
+    if t.scheduler.name not in NAMES:
+        raise ConfigError(f"trainer.scheduler.name must be one of {list(NAMES)}, got '{t.scheduler.name}'.")
 
 
 class NonFiniteLoss(DetcliError):
@@ -90,6 +106,7 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.accumulate = int(t.accumulate)
+        _validate(t)
         batches_per_epoch = train_loader.sampler.num_samples // train_loader.batch_size
         self.steps_per_epoch = batches_per_epoch // self.accumulate
         if self.steps_per_epoch == 0:
@@ -144,6 +161,7 @@ class Trainer:
             if not self._finite(loss, losses):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
+                self.scheduler.step()  # the schedule follows the step count, skipped or not
                 return None
             self.scaler.scale(loss / self.accumulate).backward()
             for k, v in losses.items():
@@ -162,9 +180,12 @@ class Trainer:
 
     def _finite(self, loss: Tensor, losses: dict[str, Tensor]) -> bool:
         """One host sync per step: a non-finite loss must stop (or skip) before it reaches the weights."""
-        if bool(torch.isfinite(loss)):
+        finite = torch.isfinite(loss.detach()).float()
+        if dist.is_available() and dist.is_initialized():  # every rank must take the same decision
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite):
             return True
-        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))} or {"loss (another rank)": math.nan}
         if self.t.on_nonfinite == "skip":
             log.warning("step %d: non-finite loss %s; step skipped (%d so far)", self.step + 1, bad,
                         self.skipped_steps + 1)
@@ -206,13 +227,21 @@ class Trainer:
                         break
                 elif self.t.checkpoint_interval and self.step % int(self.t.checkpoint_interval) == 0:
                     self.save("last.pt")
-                if stop.requested:
+                if self._stop_everywhere(stop.requested):
                     self.save("last.pt")
                     progress.print(f"stopped by {stop.name} after step {self.step}; resume with resume=auto")
-                    raise SystemExit(stop.exit_code)
+                    raise SystemExit(stop.exit_code if stop.requested else 143)
         self.logger.close()
         return {"step": self.step, "best_map": self.best_map, "last": self.last_metrics,
                 "skipped_steps": self.skipped_steps}
+
+    def _stop_everywhere(self, requested: bool) -> bool:
+        """A signal reaches the ranks at different steps: they stop together after the same step."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return requested
+        flag = torch.tensor([float(requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _accumulate_losses(self, losses: dict[str, Tensor]) -> None:
         stacked = torch.stack([v.float() for v in losses.values()])  # stays on the device: no sync
@@ -302,12 +331,26 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
+        """Everything from the checkpoint except the optimizer settings this command configures (lr,
+        weight decay, ...): those are this run's, so that e.g. a lower lr given on resume holds."""
+        old = ckpt["config"]["trainer"]["optimizer"]["_target_"]
+        if old != self.t.optimizer._target_:
+            raise CheckpointError(f"cannot resume: the checkpoint's optimizer is {old}, this config's is "
+                                  f"{self.t.optimizer._target_}; keep trainer/optimizer as it was.")
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"] or ckpt["model"])
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        for group, fresh in zip(self.optimizer.param_groups, settings):
+            group.update(fresh)
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        factor = self.scheduler.lr_lambdas[0](ckpt["step"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        if ckpt["scaler"]:  # empty when the checkpoint's run had no GradScaler (not fp16)
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best_map, self.bad_evals = ckpt["best_map"], ckpt.get("bad_evals", 0)
         self.skipped_steps, self.last_metrics = ckpt.get("skipped_steps", 0), ckpt.get("metrics")

@@ -27,6 +27,8 @@ def load_model(checkpoint: str, device: str = "auto"):
     """(model in eval mode on its device, checkpoint config, checkpoint meta) from a detcli checkpoint."""
     ckpt = load_checkpoint(checkpoint)
     cfg = OmegaConf.create(ckpt["config"])
+    # the checkpoint holds every weight: never fetch or read the backbone's initial weights again
+    cfg.backbone.pretrained, cfg.backbone.weights = False, None
     meta = ckpt["meta"]
     model = build_model(cfg, num_classes=len(meta["class_names"]))
     missing, unexpected = model.load_state_dict(inference_weights(ckpt), strict=False)

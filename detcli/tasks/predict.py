@@ -40,21 +40,23 @@ def run(cfg: DictConfig) -> int:
                                 "category_id": cat_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
                                 "score": score})
             if cfg.save_images:
-                draw(Path(m["file_name"]), boxes, scores, labels, names, out / "images")
+                draw(Path(m["file_name"]), boxes, scores, labels, names, out / "images" / m["relative"])
     (out / "predictions.json").write_text(json.dumps(results, indent=1) + "\n")
     log.info("%d detections on %d images -> %s", len(results), len(files), out / "predictions.json")
     print(f"{len(results)} detections on {len(files)} images written to {out / 'predictions.json'}")
     return len(results)
 
 
-def draw(path: Path, boxes, scores, labels, names: list[str], folder: Path) -> None:
+def draw(path: Path, boxes, scores, labels, names: list[str], target: Path) -> None:
+    """The image with its detections, written at `target` (the input's path under the source, so that
+    same-named files of different folders do not collide)."""
     image = read_image(path)
     captions = [f"{names[lab]} {s:.2f}" for lab, s in zip(labels.tolist(), scores.tolist())]
     colors = [PALETTE[lab % len(PALETTE)] for lab in labels.tolist()]
     drawn = draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=2) if len(boxes) else image
-    folder.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        write_jpeg(drawn, str(folder / path.name), quality=92)
+        write_jpeg(drawn, str(target), quality=92)
     else:
-        write_png(drawn, str(folder / (path.stem + ".png")))
+        write_png(drawn, str(target.with_name(target.name + ".png") if target.suffix.lower() != ".png" else target))
 

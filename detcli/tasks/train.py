@@ -26,11 +26,14 @@ def run(cfg: DictConfig) -> float:
     if int(cfg.trainer.devices) > 1 and world_size() == 1:
         return launch_torchrun(int(cfg.trainer.devices), out)
     ckpt = None
-    if cfg.resume:
-        ckpt, path = load_with_fallback(find_checkpoint(str(cfg.resume), out))
+    found = find_checkpoint(str(cfg.resume), out) if cfg.resume else None
+    if found is not None:
+        ckpt, path = load_with_fallback(found)
         cfg = resumed_config(cfg, ckpt, path)
-        out = path.parent.parent  # keep writing into the resumed run's folder
-        log.info("resuming %s at step %d", path, ckpt["step"])
+        if path.parent.name == "checkpoints" and path.name.startswith("last") and \
+                (path.parent.parent / "config.yaml").is_file():
+            out = path.parent.parent  # a run's own last.pt: keep writing into that run's folder
+        log.info("resuming %s at step %d, writing to %s", path, ckpt["step"], out)
     if is_main_process():
         save_yaml(cfg, out / "config.yaml")
     seed_everything(int(cfg.seed))
@@ -57,8 +60,9 @@ def run(cfg: DictConfig) -> float:
     return result["best_map"]
 
 
-def find_checkpoint(resume: str, out: Path) -> Path:
-    """resume=PATH, or resume=auto: this run folder's last.pt, else the newest last.pt beside it."""
+def find_checkpoint(resume: str, out: Path) -> Path | None:
+    """resume=PATH, or resume=auto: this run folder's last.pt, else the newest last.pt beside it, else
+    None (nothing to resume: a fresh start, said in the log)."""
     if resume != "auto":
         return Path(resume).expanduser()
     own = out / "checkpoints" / "last.pt"
@@ -66,8 +70,8 @@ def find_checkpoint(resume: str, out: Path) -> Path:
         return own
     runs = [p for p in out.parent.glob("*/checkpoints/last*.pt") if p.parent.parent != out]
     if not runs:
-        raise CheckpointError(f"resume=auto: no checkpoints/last.pt in '{out}' or the run folders beside it "
-                              f"('{out.parent}'); give resume=PATH.")
+        log.info("resume=auto: no checkpoints/last.pt in %s or beside it; starting a new run", out)
+        return None
     newest = max(runs, key=lambda p: p.stat().st_mtime)
     return newest.with_name("last.pt")
 

@@ -32,19 +32,22 @@ class TimmBackbone(nn.Module):
     ):
         super().__init__()
         self.name = name
-        self.body = _create(name, pretrained, weights, dict(model_kwargs or {}))
-        info = self.body.feature_info
+        kwargs = dict(model_kwargs or {})
+        # the levels are chosen by stride on an untrained copy; the real model builds only up to them
+        info = _create(name, False, None, dict(kwargs)).feature_info
         reductions, channels = info.reduction(), info.channels()
-        self.indices = [_level_of(stride, reductions, name) for stride in strides]
-        self.strides = [int(reductions[i]) for i in self.indices]
-        self.out_channels = [int(channels[i]) for i in self.indices]
+        levels = [_level_of(stride, reductions, name) for stride in strides]
+        self.body = _create(name, pretrained, weights, {**kwargs, "out_indices": tuple(levels)})
+        self.indices = list(range(len(levels)))
+        self.strides = [int(reductions[i]) for i in levels]
+        self.out_channels = [int(channels[i]) for i in levels]
         self.channels_last_output = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
         self.freeze_at = freeze_at
         if freeze_at > 0:
-            self._freeze(freeze_at)
+            self._freeze(freeze_at, info)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = self.body(x)
@@ -56,12 +59,11 @@ class TimmBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.body.set_grad_checkpointing(enable)
 
-    def _freeze(self, freeze_at: int) -> None:
+    def _freeze(self, freeze_at: int, info) -> None:
         """Freeze the stem (everything before the first stride-4 stage) and the first `freeze_at - 1`
         stages; their BatchNorms become FrozenBatchNorm2d (timm.utils.freeze)."""
         from timm.utils import freeze
 
-        info = self.body.feature_info
         names = [_submodule_name(self.body, m) for m in info.module_name()]
         stages = [m for m, r in zip(names, info.reduction()) if r >= 4]
         early = [m for m, r in zip(names, info.reduction()) if r < 4]
