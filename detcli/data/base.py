@@ -35,42 +35,73 @@ class ImageRecord:
 class DetectionDataset(Dataset):
     """(image uint8 (3, h, w), target {boxes, labels} after transforms, meta) per image.
 
-    meta holds image_id, file_name, orig_size (H, W) and the original gt for evaluation.
+    meta holds image_id, file_name, orig_size (H, W) and the original gt for evaluation. In training,
+    `mosaic` / `mixup` are the probabilities of a YOLOX mosaic of four images (on a 2 * mosaic_size
+    canvas) and of mixing it with a second mosaic; `set_epoch` turns them off for the last
+    `close_mosaic` epochs. `cache=True` reads every image file into memory once (shared with the workers).
     """
 
-    def __init__(self, records: list[ImageRecord], image_dir: str | Path, transforms, train: bool):
+    def __init__(self, records: list[ImageRecord], image_dir: str | Path, transforms, train: bool,
+                 mosaic: float = 0.0, mixup: float = 0.0, mosaic_size: int = 640, close_mosaic: int = 0,
+                 cache: bool = False):
         self.records = records
         self.image_dir = Path(image_dir).expanduser()
         self.transforms = transforms
         self.train = train
+        self.mosaic, self.mixup, self.mosaic_size, self.close_mosaic = mosaic, mixup, mosaic_size, close_mosaic
+        self.mosaic_on = mosaic > 0
+        self.cache = _read_all([self.image_dir / r.file_name for r in records]) if cache else None
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Mosaic and mixup stop for the last `close_mosaic` epochs (the loader's workers start each
+        epoch anew, so they see this)."""
+        self.mosaic_on = self.mosaic > 0 and epoch < epochs - self.close_mosaic
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...]]:
+        """image uint8 (3, H, W), boxes (n, 4) in its pixels, labels (n,) (crowd boxes left out in
+        training), and the scale from annotation to file pixels."""
+        rec = self.records[i]
+        path = self.image_dir / rec.file_name
+        image = read_image(path, self.cache[i] if self.cache is not None else None)
+        H, W = image.shape[-2:]
+        scale = np.array([W / rec.width, H / rec.height] * 2, dtype=np.float32) if rec.width else np.ones(4)
+        keep = ~rec.iscrowd if self.train else np.ones(len(rec.labels), dtype=bool)
+        boxes = torch.from_numpy((rec.boxes[keep] * scale).astype(np.float32))
+        return image, boxes, torch.from_numpy(rec.labels[keep]), scale
+
+    def _mosaic(self, i: int, g: torch.Generator) -> tuple:
+        from detcli.data.transforms import mosaic
+
+        picks = [i] + torch.randint(len(self), (3,), generator=g).tolist()
+        return mosaic([self.load(j)[:3] for j in picks], self.mosaic_size, g)
+
     def __getitem__(self, key: int | tuple[int, int]):
         i, sample_seed = key if isinstance(key, tuple) else (key, None)
         rec = self.records[i]
-        image = read_image(self.image_dir / rec.file_name)
-        H, W = image.shape[-2:]
-        if (H, W) != (rec.height, rec.width):
-            scale = np.array([W / rec.width, H / rec.height] * 2, dtype=np.float32)
-        else:
-            scale = np.ones(4, dtype=np.float32)
-        keep = ~rec.iscrowd if self.train else np.ones(len(rec.labels), dtype=bool)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.from_numpy(rec.boxes[keep] * scale), format="XYXY", canvas_size=(H, W)
-            ),
-            "labels": torch.from_numpy(rec.labels[keep]),
-        }
         with torch.random.fork_rng(devices=[], enabled=sample_seed is not None):
             if sample_seed is not None:
                 torch.manual_seed(sample_seed)
+            g = torch.Generator().manual_seed(sample_seed if sample_seed is not None else i)
+            if self.train and self.mosaic_on and torch.rand((), generator=g) < self.mosaic:
+                image, boxes, labels = self._mosaic(i, g)
+                if torch.rand((), generator=g) < self.mixup:
+                    from detcli.data.transforms import mixup
+
+                    other = int(torch.randint(len(self), (), generator=g))
+                    image, boxes, labels = mixup((image, boxes, labels), self._mosaic(other, g))
+                scale = np.ones(4, dtype=np.float32)
+            else:
+                image, boxes, labels, scale = self.load(i)
+            H, W = image.shape[-2:]
+            target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(H, W)), "labels": labels}
             image, target = self.transforms(tv_tensors.Image(image), target)
         meta = {"image_id": rec.image_id, "file_name": rec.file_name, "orig_size": (H, W)}
         if not self.train:
             meta["gt"] = {
-                "boxes": torch.from_numpy(rec.boxes * scale),
+                "boxes": torch.from_numpy((rec.boxes * scale).astype(np.float32)),
                 "labels": torch.from_numpy(rec.labels),
                 "iscrowd": torch.from_numpy(rec.iscrowd.astype(np.int64)),
                 "area": torch.from_numpy(rec.area),
@@ -78,10 +109,25 @@ class DetectionDataset(Dataset):
         return image.as_subclass(torch.Tensor), target, meta
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """RGB uint8 (3, H, W); a missing or undecodable file is a DataError naming it."""
+def _read_all(paths: list[Path]) -> list[bytes | None]:
+    """Every file's bytes, read in parallel (a missing file stays None and is reported when used)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(p: Path) -> bytes | None:
+        try:
+            return p.read_bytes()
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(read, paths))
+
+
+def read_image(path: Path, content: bytes | None = None) -> torch.Tensor:
+    """RGB uint8 (3, H, W) of a file (or of its bytes, read before); a missing or undecodable file is
+    a DataError naming it."""
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        data = torch.frombuffer(bytearray(content if content is not None else path.read_bytes()), dtype=torch.uint8)
         return decode_image(data, mode=ImageReadMode.RGB)
     except FileNotFoundError:
         raise DataError(f"image file '{path}' does not exist.") from None
@@ -106,7 +152,18 @@ class DetectionData:
         pin_memory: bool = True,
         on_bad: str = "error",
         check_images: bool = True,
+        train_transforms: list | None = None,
+        val_transforms: list | None = None,
+        letterbox: bool = False,
+        mosaic: float = 0.0,
+        mixup: float = 0.0,
+        close_mosaic: int = 0,
+        cache: bool = False,
     ):
+        self.steps = {"train": train_transforms, "val": val_transforms}
+        self.letterbox = letterbox
+        self.augment = {"mosaic": mosaic, "mixup": mixup, "close_mosaic": close_mosaic}
+        self.cache = cache
         self.on_bad = on_bad
         self.check_images = check_images
         self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
@@ -153,8 +210,12 @@ class DetectionData:
 
         records, root, defects = self.checked_split(split, list(cat_ids or self.cat_ids))
         records = apply_policy(records, defects, self.on_bad, f"the {split} split")
-        tf = train_transforms(self.image_size, self.hflip) if split == "train" else val_transforms(self.image_size)
-        return DetectionDataset(records, root, tf, train=split == "train")
+        if split == "train":
+            tf = train_transforms(self.image_size, self.hflip, self.steps["train"], self.letterbox)
+            side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
+            return DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
+        tf = val_transforms(self.image_size, self.steps["val"], self.letterbox)
+        return DetectionDataset(records, root, tf, False, cache=self.cache)
 
     def train_loader(self, dataset: DetectionDataset, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
         sampler = EpochSampler(len(dataset), seed, shuffle=True, rank=rank, world_size=world_size)

@@ -199,8 +199,11 @@ class Trainer:
         """Training batches forever, epoch after epoch; each epoch's order and augmentation are fixed by
         (seed, epoch), and a resumed epoch starts at the batch where it stopped."""
         sampler = self.train_loader.sampler
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         while True:
             sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.train_loader.batch_size)
+            if hasattr(self.train_loader.dataset, "set_epoch"):  # e.g. mosaic off for the last epochs
+                self.train_loader.dataset.set_epoch(self.epoch, epochs)
             for batch in self.train_loader:
                 self.batch_in_epoch += 1
                 yield batch
