@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import torch
+from conftest import detcli
 from PIL import Image
 
-from conftest import detcli
 from detcli.data.coco import CocoData
 
 
