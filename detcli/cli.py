@@ -119,6 +119,8 @@ def check_overrides(cmd: str, args: list[str]) -> str | None:
     except HydraException as e:
         return f"detcli {cmd}: cannot parse the overrides: {e}"
     overrides = [_first_value(o) for o in parsed if _checkable(o)]
+    if cmd == "eval":  # eval's data keys apply over the checkpoint's data config, whatever its format
+        overrides = [o for o in overrides if not o.lstrip("+~").startswith("data.")]
     try:
         _compose(cmd, overrides)
     except HydraException as e:

@@ -221,3 +221,13 @@ def test_inference_never_fetches_backbone_weights(trained_run, tmp_path):
     torch.save(ckpt, tmp_path / "ckpt.pt")
     _, cfg, meta, _ = load_model(str(tmp_path / "ckpt.pt"), "cpu")
     assert meta["class_names"] == ["circle", "square", "triangle"] and not cfg.backbone.pretrained
+
+
+def test_tensorboard_logger_and_early_stopping(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    # lr 0: val mAP never improves after the first evaluation, so patience=2 stops at the third
+    detcli("train", *FAST, "data.num_workers=0", "trainer.max_steps=50", "trainer.eval_interval=2",
+           "trainer.optimizer.lr=0", "trainer.patience=2", "logger=tensorboard", f"hydra.run.dir={run}")
+    evals = (run / "eval_log.jsonl").read_text().splitlines()
+    assert len(evals) == 3 and json.loads(evals[-1])["step"] == 6
+    assert list((run / "tb").glob("events.out.tfevents.*"))

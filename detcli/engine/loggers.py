@@ -51,8 +51,7 @@ class TensorBoardLogger(NullLogger):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard "
-                              "(or pip install 'detcli[tensorboard]').") from e
+            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard.") from e
         self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
 
     def log(self, kind: str, record: dict) -> None:
