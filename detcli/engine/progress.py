@@ -33,7 +33,8 @@ class Progress:
         self.bar.update(self.task, completed=step)
 
     def show(self, record: dict) -> None:
-        stats = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['img_per_s']:.1f} img/s"
+        stats = (f"epoch {record['epoch']:.2f}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                 f"{record['img_per_s']:.1f} img/s  peak {record.get('peak_mem_gb', 0):.2f} GB")
         if self.live:
             self.bar.update(self.task, stats=stats)
         else:

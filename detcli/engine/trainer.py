@@ -268,8 +268,7 @@ class Trainer:
                   "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": world * images / max(now - t0, 1e-9)}
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
-        if self.device.type == "cuda":
-            record["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        record["peak_mem_gb"] = _peak_memory_gb(self.device)
         if self.main:
             _append_jsonl(self.run_dir / "train_log.jsonl", record)
             self.logger.log("train", record)
@@ -358,6 +357,15 @@ class Trainer:
         self.best_map, self.bad_evals = ckpt["best_map"], ckpt.get("bad_evals", 0)
         self.skipped_steps, self.last_metrics = ckpt.get("skipped_steps", 0), ckpt.get("metrics")
         set_rng_state(ckpt["rng"])
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    """CUDA's peak allocated memory on a GPU, the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
