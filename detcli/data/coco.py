@@ -7,7 +7,6 @@ out of training targets and kept (flagged) for evaluation; images without boxes 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +17,6 @@ from detcli.data.base import DetectionData, ImageRecord, require
 from detcli.data.checks import Defect
 from detcli.errors import DataError
 
-log = logging.getLogger(__name__)
 
 def load_coco_json(path: str | Path, key: str) -> dict:
     path = Path(path).expanduser()

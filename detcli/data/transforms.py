@@ -38,6 +38,11 @@ class Letterbox(v2.Transform):
         return v2.Pad([0, 0, self.size - w, self.size - h], fill=self.fill)(out)
 
 
+def sizing(image_size, letterbox: bool) -> v2.Transform:
+    """Letterbox (int sizes only) or the keep-ratio resize."""
+    return Letterbox(image_size) if letterbox and isinstance(image_size, int) else resize(image_size)
+
+
 def finish() -> list[v2.Transform]:
     return [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1)]
 
@@ -46,14 +51,13 @@ def train_transforms(image_size, hflip: float = 0.5, steps: list | None = None, 
     if steps:  # the user's pipeline, instantiated by Hydra
         return v2.Compose(list(steps) + finish())
     flip = [v2.RandomHorizontalFlip(p=hflip)] if hflip > 0 else []
-    size = Letterbox(image_size) if letterbox and isinstance(image_size, int) else resize(image_size)
-    return v2.Compose(flip + [size] + finish())
+    return v2.Compose(flip + [sizing(image_size, letterbox)] + finish())
 
 
 def val_transforms(image_size, steps: list | None = None, letterbox: bool = False):
     if steps:
         return v2.Compose(list(steps))
-    return v2.Compose([Letterbox(image_size) if letterbox and isinstance(image_size, int) else resize(image_size)])
+    return v2.Compose([sizing(image_size, letterbox)])
 
 
 def mosaic(samples: list[tuple], side: int, g: torch.Generator) -> tuple:

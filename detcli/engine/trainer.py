@@ -230,7 +230,7 @@ class Trainer:
                         break
                 elif self.t.checkpoint_interval and self.step % int(self.t.checkpoint_interval) == 0:
                     self.save("last.pt")
-                if self._stop_everywhere(stop.requested):
+                if self._stop_everywhere(stop.requested, self.step % int(self.t.log_interval) == 0):
                     self.save("last.pt")
                     progress.print(f"stopped by {stop.name} after step {self.step}; resume with resume=auto")
                     raise SystemExit(stop.exit_code if stop.requested else 143)
@@ -238,10 +238,13 @@ class Trainer:
         return {"step": self.step, "best_map": self.best_map, "last": self.last_metrics,
                 "skipped_steps": self.skipped_steps}
 
-    def _stop_everywhere(self, requested: bool) -> bool:
-        """A signal reaches the ranks at different steps: they stop together after the same step."""
+    def _stop_everywhere(self, requested: bool, sync_now: bool) -> bool:
+        """A signal reaches the ranks at different steps: they stop together after the same step, checked
+        at log steps only (the log line syncs anyway), so DDP adds no host sync to other steps."""
         if not (dist.is_available() and dist.is_initialized()):
             return requested
+        if not sync_now:
+            return False
         flag = torch.tensor([float(requested)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
