@@ -44,6 +44,8 @@ def test_fcos_losses_pinned():
 
 def test_fcos_detections_pinned():
     model, images, targets = _model_and_inputs()
+    model.train()
+    model(images, targets)  # as pinned: one training forward (BatchNorm statistics move) before eval
     model.eval()
     with torch.no_grad():
         d = model(images, image_sizes=targets["image_sizes"])
