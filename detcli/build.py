@@ -23,6 +23,15 @@ def instantiate_group(group: str, node: DictConfig, **kwargs):
         raise ConfigError(f"{group}: could not build '{target}': {cause or e}") from e
 
 
+def loss_arguments(loss_cfg: DictConfig, num_classes: int, strides: list[int]) -> dict:
+    """The structural arguments of a criterion: the number of classes, and the strides for its
+    assigner when it has one (a two-stage criterion may have none, or several)."""
+    kwargs = {"num_classes": num_classes}
+    if loss_cfg.get("assigner") is not None:
+        kwargs["assigner"] = {"strides": strides}
+    return kwargs
+
+
 def build_model(cfg: DictConfig, num_classes: int) -> Detector:
     backbone = instantiate_group("backbone", cfg.backbone)
     neck = instantiate_group("neck", cfg.neck, in_channels=backbone.out_channels, in_strides=backbone.strides)
@@ -30,6 +39,6 @@ def build_model(cfg: DictConfig, num_classes: int) -> Detector:
     head = instantiate_group(
         "head", cfg.head, in_channels=neck.out_channels, strides=strides, num_classes=num_classes
     )
-    criterion = instantiate_group("loss", cfg.loss, num_classes=num_classes, assigner={"strides": strides})
+    criterion = instantiate_group("loss", cfg.loss, **loss_arguments(cfg.loss, num_classes, strides))
     postprocess = instantiate_group("postprocess", cfg.postprocess, num_classes=num_classes)
     return Detector(backbone, neck, head, criterion, postprocess)

@@ -3,6 +3,7 @@ evaluation and checkpoint hooks around it. One autocast block; fp16 adds a GradS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,31 +20,50 @@ from detcli.engine.checkpoint import rng_state, rotate_save, set_rng_state
 from detcli.engine.evaluator import evaluate
 from detcli.engine.loggers import NullLogger
 from detcli.engine.progress import Progress
-from detcli.engine.schedule import build_scheduler
+from detcli.engine.schedule import build_scheduler, describe
 from detcli.engine.signals import StopRequest
 from detcli.engine.utils import autocast_dtype, is_main_process
 from detcli.errors import CheckpointError, ConfigError, DetcliError
+from detcli.models.detector import TrainingProgress
 
 log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases and scalars (every parameter with fewer than 2 dims)."""
+    """No weight decay on norms, biases and scalars (every parameter with fewer than 2 dims), nor on the
+    parameters a submodule lists in `no_weight_decay()` (e.g. a Swin backbone's position tables)."""
+    exempt = set()
+    for prefix, module in model.named_modules():
+        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+            exempt |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if p.ndim >= 2 and name not in exempt else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(opt_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+def lr_scale(t: DictConfig, global_batch: int) -> float:
+    """trainer.scale_lr: the linear scaling rule, global batch / trainer.base_batch_size; else 1."""
+    if not t.get("scale_lr", False):
+        return 1.0
+    base = int(t.get("base_batch_size", 16))
+    if base < 1:
+        raise ConfigError(f"trainer.base_batch_size must be at least 1, got {base}.")
+    return global_batch / base
+
+
+def build_optimizer(opt_cfg: DictConfig, model: nn.Module, scale: float = 1.0) -> torch.optim.Optimizer:
     from detcli.build import instantiate_group
 
     factory = instantiate_group("trainer.optimizer", opt_cfg)
     try:
-        return factory(param_groups(model, float(opt_cfg.get("weight_decay", 0.0))))
+        optimizer = factory(param_groups(model, float(opt_cfg.get("weight_decay", 0.0))))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"trainer.optimizer: {opt_cfg._target_} does not accept these settings: {e}") from e
+    for group in optimizer.param_groups:
+        group["lr"] *= scale
+    return optimizer
 
 
 def _validate(t: DictConfig) -> None:
@@ -57,6 +77,8 @@ def _validate(t: DictConfig) -> None:
         raise ConfigError(f"trainer.on_nonfinite must be stop or skip, got '{t.on_nonfinite}'.")
     if t.scheduler.name not in NAMES:
         raise ConfigError(f"trainer.scheduler.name must be one of {list(NAMES)}, got '{t.scheduler.name}'.")
+    if t.max_steps is not None and int(t.max_steps) < 1:
+        raise ConfigError(f"trainer.max_steps must be at least 1 (or null to use trainer.epochs), got {t.max_steps}.")
 
 
 class NonFiniteLoss(DetcliError):
@@ -115,12 +137,22 @@ class Trainer:
                 f"than the training set ({len(train_loader.dataset)} images): lower the batch size."
             )
         self.total_steps = int(t.max_steps) if t.max_steps else int(t.epochs) * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.net = self._wrap_ddp(self.model)
         if t.compile:
             self.net = compiled(self.net)
         self.logger = logger or NullLogger()
-        self.optimizer = build_optimizer(t.optimizer, self.model)
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch, t.scheduler)
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        global_batch = train_loader.batch_size * self.accumulate * self.world
+        scale = lr_scale(t, global_batch)
+        self.optimizer = build_optimizer(t.optimizer, self.model, scale)
+        try:
+            self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch, t.scheduler)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        log.info("lr %g (%s), schedule: %s", self.optimizer.param_groups[0]["lr"],
+                 f"scaled x{scale:g} for the global batch {global_batch}" if scale != 1 else "as configured",
+                 describe(self.total_steps, self.steps_per_epoch, t.scheduler))
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
         self.ema = ModelEmaV3(self.model, decay=t.ema.decay, use_warmup=t.ema.warmup) if t.ema.enabled else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -148,25 +180,27 @@ class Trainer:
         """One optimizer step over `accumulate` batches; the detached loss terms, or None when the
         step was skipped for a non-finite loss (trainer.on_nonfinite=skip)."""
         self.net.train()
+        self.model.progress = TrainingProgress(self.step, self.total_steps, self.epoch, self.epochs)
         totals: dict[str, Tensor] = {}
-        for _ in range(self.accumulate):
+        for i in range(self.accumulate):
             batch = next(batches)
             images = batch["images"].to(self.device, non_blocking=True)
             if self.t.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            targets = {k: batch[k].to(self.device, non_blocking=True) for k in ("boxes", "labels")}
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                losses = self.net(images, targets)
-            loss = sum(losses.values())
-            if not self._finite(loss, losses):
-                self.optimizer.zero_grad(set_to_none=True)
-                self.skipped_steps += 1
-                self.scheduler.step()  # the schedule follows the step count, skipped or not
-                return None
-            self.scaler.scale(loss / self.accumulate).backward()
+            targets = {k: batch[k].to(self.device, non_blocking=True) for k in ("boxes", "labels", "image_sizes")}
+            # under DDP, gradients are all-reduced once per step: at the last micro-batch's backward
+            with self._no_sync(i < self.accumulate - 1):
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    losses = self.net(images, targets)
+                self.scaler.scale(sum(losses.values()) / self.accumulate).backward()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0) + v.detach() / self.accumulate
             self._since_log = (self._since_log[0] + images.shape[0], self._since_log[1])
+        if not self._finite(totals):  # checked once per step, before anything reaches the weights
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.scheduler.step()  # the schedule follows the step count, skipped or not
+            return None
         if self.t.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.t.clip_grad_norm))
@@ -178,9 +212,17 @@ class Trainer:
             self.ema.update(self.model, step=self.step)
         return totals
 
-    def _finite(self, loss: Tensor, losses: dict[str, Tensor]) -> bool:
+    def _no_sync(self, skip: bool):
+        """DDP's no_sync() for a micro-batch whose gradients are only accumulated; a no-op otherwise."""
+        ddp = getattr(self.net, "module", None) if isinstance(self.net, _CompileOrEager) else self.net
+        if skip and isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return ddp.no_sync()
+        return contextlib.nullcontext()
+
+    def _finite(self, losses: dict[str, Tensor]) -> bool:
         """One host sync per step: a non-finite loss must stop (or skip) before it reaches the weights."""
-        finite = torch.isfinite(loss.detach()).float()
+        loss = sum(losses.values())
+        finite = torch.isfinite(loss).float()
         if dist.is_available() and dist.is_initialized():  # every rank must take the same decision
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if bool(finite):
@@ -199,11 +241,10 @@ class Trainer:
         """Training batches forever, epoch after epoch; each epoch's order and augmentation are fixed by
         (seed, epoch), and a resumed epoch starts at the batch where it stopped."""
         sampler = self.train_loader.sampler
-        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         while True:
             sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.train_loader.batch_size)
             if hasattr(self.train_loader.dataset, "set_epoch"):  # e.g. mosaic off for the last epochs
-                self.train_loader.dataset.set_epoch(self.epoch, epochs)
+                self.train_loader.dataset.set_epoch(self.epoch, self.epochs)
             for batch in self.train_loader:
                 self.batch_in_epoch += 1
                 yield batch

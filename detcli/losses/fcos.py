@@ -51,7 +51,9 @@ class FCOSCriterion(nn.Module):
         self.box_weight = box_weight
         self.centerness_weight = centerness_weight
 
-    def forward(self, preds: dict, targets: dict) -> dict[str, Tensor]:
+    def forward(self, preds: dict, targets: dict, progress=None) -> dict[str, Tensor]:
+        """targets: boxes (B, M, 4), labels (B, M) with -1 = padding; FCOS's terms do not depend on
+        the training progress."""
         device_type = preds["cls_logits"].device.type
         with torch.autocast(device_type, enabled=False):  # costs, matching and losses in fp32
             return self._losses(preds, targets)

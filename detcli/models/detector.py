@@ -1,13 +1,36 @@
 """The detector: backbone -> neck -> head, with a criterion for training and a postprocess for inference.
 
-One interface for every head: `model(images, targets)` returns a dict of named losses in training;
-`model(images, image_sizes=...)` returns fixed-shape detections (boxes, scores, labels) in eval.
+One interface for every head:
+- training: `model(images, targets)` with targets {boxes (B, M, 4), labels (B, M), image_sizes (B, 2)};
+  the head gets the targets and image sizes too (a two-stage head samples proposals from them), the
+  criterion gets the head's outputs, the targets and the training progress; a dict of named losses
+  comes back.
+- eval: `model(images, image_sizes=...)` returns fixed-shape detections (boxes, scores, labels).
+
+Naming: B = images, M = gt boxes per image (padded with label -1).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where the run is, for criteria whose terms change during training (YOLOX's L1 term switches on
+    for the last epochs). `fraction` is step / total_steps."""
+
+    step: int = 0
+    total_steps: int = 1
+    epoch: int = 0
+    epochs: int = 1
+
+    @property
+    def fraction(self) -> float:
+        return self.step / max(1, self.total_steps)
 
 
 class Detector(nn.Module):
@@ -23,25 +46,37 @@ class Detector(nn.Module):
         # exported graph takes raw pixels too
         self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.progress = TrainingProgress()  # set by the trainer before each step
 
     def forward(self, images: Tensor, targets: dict | None = None, image_sizes: Tensor | None = None):
-        """images (B, 3, H, W) in 0-255; targets: boxes (B, M, 4) and labels (B, M) padded with -1;
-        image_sizes (B, 2) as (h, w) of the unpadded content (default: H, W)."""
-        preds = self.predict(images)
+        """images (B, 3, H, W) in 0-255; targets: boxes (B, M, 4) and labels (B, M) padded with -1, and
+        image_sizes (B, 2); image_sizes (B, 2) as (h, w) of the unpadded content (default: H, W)."""
         if self.training:
             if targets is None:
                 raise ValueError("Detector.forward: targets are needed in training mode")
-            return self.criterion(preds, targets)
-        if image_sizes is None:
-            image_sizes = torch.tensor(images.shape[-2:], device=images.device).expand(images.shape[0], 2)
-        return self.postprocess(preds, image_sizes)
+            sizes = targets.get("image_sizes", image_sizes)
+            targets = {**targets, "image_sizes": self._sizes(images, sizes)}
+            preds = self.head(self.features(images), targets=targets, image_sizes=targets["image_sizes"])
+            return self.criterion(preds, targets, progress=self.progress)
+        preds = self.head(self.features(images))
+        return self.postprocess(preds, self._sizes(images, image_sizes))
 
-    def predict(self, images: Tensor) -> dict:
-        """Raw head outputs for normalised images."""
+    @staticmethod
+    def _sizes(images: Tensor, image_sizes: Tensor | None) -> Tensor:
+        if image_sizes is None:  # (B, 2): the whole padded input
+            return torch.tensor(images.shape[-2:], device=images.device).expand(images.shape[0], 2)
+        return image_sizes.to(images.device)
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """Neck outputs for 0-255 images (normalised here)."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         if images.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.neck(self.backbone(x)))
+        return self.neck(self.backbone(x))
+
+    def predict(self, images: Tensor) -> dict:
+        """Raw head outputs (inference mode of the head) for 0-255 images."""
+        return self.head(self.features(images))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for part in (self.backbone, self.neck, self.head):

@@ -12,6 +12,7 @@ from detcli.build import build_model
 from detcli.engine.checkpoint import inference_weights, load_checkpoint
 from detcli.engine.utils import resolve_device
 from detcli.errors import CheckpointError
+from detcli.models.backbones.timm import resolve_freeze_bn
 
 log = logging.getLogger("detcli")
 
@@ -27,7 +28,10 @@ def load_model(checkpoint: str, device: str = "auto"):
     """(model in eval mode on its device, checkpoint config, checkpoint meta) from a detcli checkpoint."""
     ckpt = load_checkpoint(checkpoint)
     cfg = OmegaConf.create(ckpt["config"])
-    # the checkpoint holds every weight: never fetch or read the backbone's initial weights again
+    # the checkpoint holds every weight: never fetch or read the backbone's initial weights again, but
+    # build the BatchNorm layers (frozen or not) the way training did
+    cfg.backbone.freeze_bn = resolve_freeze_bn(cfg.backbone.get("freeze_bn", "auto"),
+                                               cfg.backbone.get("pretrained", False), cfg.backbone.get("weights"))
     cfg.backbone.pretrained, cfg.backbone.weights = False, None
     meta = ckpt["meta"]
     model = build_model(cfg, num_classes=len(meta["class_names"]))

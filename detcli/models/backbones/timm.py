@@ -28,6 +28,7 @@ class TimmBackbone(nn.Module):
         weights: str | None = None,
         strides: list[int] = (8, 16, 32),
         freeze_at: int = 0,
+        freeze_bn: bool | str = "auto",
         model_kwargs: dict | None = None,
     ):
         super().__init__()
@@ -48,6 +49,17 @@ class TimmBackbone(nn.Module):
         self.freeze_at = freeze_at
         if freeze_at > 0:
             self._freeze(freeze_at, info)
+        self.freeze_bn = resolve_freeze_bn(freeze_bn, pretrained, weights)
+        if self.freeze_bn:  # statistics of a small per-process batch would spoil the pretrained ones
+            from timm.layers import freeze_batch_norm_2d
+
+            self.body = freeze_batch_norm_2d(self.body)
+        self.no_weight_decay_names = _no_weight_decay_leaves(name, kwargs)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) that the timm model keeps out of weight decay
+        (position embeddings, relative position tables); features_only wrappers drop timm's own method."""
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in self.no_weight_decay_names}
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = self.body(x)
@@ -75,6 +87,34 @@ class TimmBackbone(nn.Module):
             stem.append(name)
         stem += [m for m in early if m.split(".")[0] == first_top]  # e.g. efficientnet blocks.0
         freeze(self.body, submodules=stem + stages[: freeze_at - 1])
+
+
+def resolve_freeze_bn(freeze_bn: bool | str, pretrained: bool, weights: str | None) -> bool:
+    """backbone.freeze_bn: auto freezes BatchNorm when weights are loaded (as torchvision and detectron2
+    do when fine-tuning) and trains it from scratch."""
+    if freeze_bn == "auto":
+        return bool(pretrained or weights)
+    if isinstance(freeze_bn, bool):
+        return freeze_bn
+    raise ConfigError(f"backbone.freeze_bn must be auto, true or false, got '{freeze_bn}'.")
+
+
+def _no_weight_decay_leaves(name: str, kwargs: dict) -> set[str]:
+    """Last components of the names timm's full model lists in no_weight_decay() (built on the meta
+    device: no memory, no weights)."""
+    import torch
+
+    with torch.device("meta"):
+        try:
+            full = timm.create_model(name, pretrained=False, **kwargs)
+        except Exception:  # noqa: BLE001 - a model that cannot be built on meta simply lists nothing
+            return set()
+    names = full.no_weight_decay() if hasattr(full, "no_weight_decay") else set()
+    keywords = full.no_weight_decay_keywords() if hasattr(full, "no_weight_decay_keywords") else set()
+    params = [n for n, _ in full.named_parameters()]
+    leaves = {n.rsplit(".", 1)[-1] for n in names}
+    leaves |= {n.rsplit(".", 1)[-1] for n in params for k in keywords if k in n}
+    return leaves
 
 
 def _submodule_name(body: nn.Module, name: str) -> str:

@@ -70,7 +70,9 @@ class FCOSHead(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def forward(self, feats: list[Tensor]) -> dict[str, Tensor]:
+    def forward(self, feats: list[Tensor], targets: dict | None = None,
+                image_sizes: Tensor | None = None) -> dict[str, Tensor]:
+        """targets and image_sizes (given in training) are not needed by a dense one-stage head."""
         cls_out, box_out, ctr_out = [], [], []
         for feat, scale, stride in zip(feats, self.scales, self.strides):
             if self.grad_checkpointing and self.training:
