@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python scripts/bench_infer.py
 	$(BIN)/python scripts/bench_memory.py
 	$(BIN)/python scripts/bench_data.py
+	$(BIN)/python scripts/bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

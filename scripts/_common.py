@@ -57,3 +57,16 @@ def timed(fn, warmup: int, iters: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - t0) / iters
+
+
+def report_rows(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """A rich table of preformatted cells: the first column left-aligned, the others right-aligned."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)

@@ -1,13 +1,16 @@
-"""Augmentation: mosaic / mixup keep boxes on their objects, close_mosaic, pipelines from config."""
+"""Augmentation: mosaic / mixup keep boxes on their objects and their size, close_mosaic, pipelines from
+config."""
 
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import detcli
 from PIL import Image
 
 from detcli.data.coco import CocoData
+from detcli.data.transforms import mosaic
 
 
 def squares(tmp_path, n=6):
@@ -31,7 +34,7 @@ def test_mosaic_boxes_sit_on_their_objects(tmp_path):
     seen = 0
     for seed in range(8):
         image, target, _ = ds[(seed % len(ds), 1000 + seed)]
-        assert max(image.shape[-2:]) == 64
+        assert image.shape[-2:] == (64, 64)  # the window around the mosaic, at the training size
         boxes = target["boxes"].as_subclass(torch.Tensor)
         for x1, y1, x2, y2 in boxes.tolist():
             assert 0 <= x1 < x2 <= image.shape[-1] and 0 <= y1 < y2 <= image.shape[-2]
@@ -42,6 +45,28 @@ def test_mosaic_boxes_sit_on_their_objects(tmp_path):
     assert seen >= 8
     again = ds[(0, 1000)]
     torch.testing.assert_close(again[0], ds[(0, 1000)][0])  # the sample seed fixes the mosaic
+
+
+def test_mosaic_objects_keep_their_size_at_side_and_g_fixes_it():
+    """A 40 px square of a 128 x 80 image is 20 px at side 64; the window scales it by the drawn factor
+    in [0.5, 1.5] (YOLOX), not by a further 1/2 as a whole-canvas resize would."""
+    image = torch.full((3, 80, 128), 90, dtype=torch.uint8)
+    image[:, 20:60, 30:70] = 255
+    sample = (image, torch.tensor([[30.0, 20.0, 70.0, 60.0]]), torch.tensor([0]))
+    sides = []
+    for seed in range(6):
+        torch.manual_seed(seed)  # the global RNG plays no part
+        out, boxes, _ = mosaic([sample] * 4, 64, torch.Generator().manual_seed(seed))
+        again = mosaic([sample] * 4, 64, torch.Generator().manual_seed(seed))
+        assert out.shape == (3, 64, 64) and torch.equal(out, again[0]) and torch.equal(boxes, again[1])
+        g = torch.Generator().manual_seed(seed)
+        torch.rand(2, generator=g)  # the mosaic centre
+        scale = 0.5 + float(torch.rand((), generator=g))
+        for x1, y1, x2, y2 in boxes.tolist():
+            if 0 < x1 and x2 < 64 and 0 < y1 and y2 < 64 and abs((x2 - x1) - (y2 - y1)) < 1e-3:  # not cut
+                assert x2 - x1 == pytest.approx(20 * scale, abs=1e-3)
+                sides.append(x2 - x1)
+    assert sides, "some squares lie inside the window"
 
 
 def test_close_mosaic_turns_it_off_for_the_last_epochs(tmp_path):

@@ -54,7 +54,7 @@ def test_head_gets_targets_and_sizes_and_criterion_gets_progress():
     _, head_kwargs = head.calls[0]
     assert head_kwargs["targets"]["boxes"] is targets["boxes"]
     assert head_kwargs["image_sizes"].tolist() == [[16, 20], [12, 24]]
-    (preds, crit_targets), crit_kwargs = criterion.calls[0]
+    (_, crit_targets), crit_kwargs = criterion.calls[0]
     assert crit_targets["image_sizes"].tolist() == [[16, 20], [12, 24]]
     assert crit_kwargs["progress"].fraction == 0.25 and crit_kwargs["progress"].epoch == 2
 

@@ -2,6 +2,7 @@
 trains through the CLI in each format."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from detcli.data.coco import CocoData
 from detcli.data.toy import generate_toy
 from detcli.data.voc import VocData
 from detcli.data.yolo import YoloData, label_path
+from detcli.errors import DataError
 
 NAMES = ["circle", "square", "triangle"]
 
@@ -147,3 +149,76 @@ def test_each_format_trains_through_the_cli(formats, fmt, tmp_path, cache_dir):
     evals = [json.loads(x) for x in (tmp_path / "run" / "eval_log.jsonl").read_text().splitlines()]
     assert "map_50" in evals[-1] and np.isfinite(evals[-1]["map"])
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # inputs never written
+
+
+def voc_copy(formats, tmp_path: Path, name: str) -> Path:
+    root = tmp_path / name
+    shutil.copytree(formats["root"] / "voc", root)
+    return root
+
+
+def drop_class(root: Path, name: str, split: str) -> None:
+    for stem in (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
+        xml = root / "Annotations" / f"{stem}.xml"
+        xml.write_text(re.sub(rf"<object><name>{name}</name>.*?</object>", "", xml.read_text()))
+
+
+def val_labels(data, cat_ids=None, class_names=None) -> list[list[int]]:
+    ds = data.dataset("val", cat_ids, class_names)
+    return [ds[i][2]["gt"]["labels"].tolist() for i in range(len(ds))]
+
+
+def test_voc_labels_follow_the_checkpoint_by_name(formats, tmp_path):
+    """Without circles in its files, a VOC set sorts its names to [square, triangle] (ids 1, 2); a
+    checkpoint's [circle, square, triangle] still gives square label 1 and triangle label 2."""
+    root = voc_copy(formats, tmp_path, "voc")
+    drop_class(root, "circle", "val")
+    main = root / "ImageSets" / "Main"
+    (main / "train.txt").write_text((main / "val.txt").read_text())
+    data = VocData(root=str(root), image_size=64, hflip=0.0, num_workers=0)
+    assert data.class_names == ["square", "triangle"]
+    expected = [[NAMES.index(n) for n in re.findall(r"<name>(\w+)</name>", (root / "Annotations" / f"{s}.xml")
+                                                        .read_text())] for s in (main / "val.txt").read_text().split()]
+    assert val_labels(data, [1, 2, 3], NAMES) == expected
+    assert val_labels(data) != expected  # its own order is shifted
+
+
+def test_yolo_labels_follow_the_checkpoint_by_name(formats, tmp_path):
+    root = tmp_path / "yolo"
+    shutil.copytree(formats["root"] / "yolo", root)
+    for label in (root / "labels").rglob("*.txt"):  # the same boxes, classes listed in reverse
+        lines = [line.split(" ", 1) for line in label.read_text().splitlines() if line.strip()]
+        label.write_text("".join(f"{2 - int(c)} {rest}\n" for c, rest in lines))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: {NAMES[::-1]}\n")
+    data = YoloData(yaml_file=str(root / "data.yaml"), image_size=64, hflip=0.0, num_workers=0)
+    assert val_labels(data, [0, 1, 2], NAMES) == val_labels(formats["yolo"])
+
+
+def test_a_class_the_checkpoint_does_not_know_is_refused(formats, tmp_path):
+    root = voc_copy(formats, tmp_path, "voc")
+    xml = next((root / "Annotations").glob("*.xml"))
+    xml.write_text(re.sub(r"<name>\w+</name>", "<name>hexagon</name>", xml.read_text(), count=1))
+    data = VocData(root=str(root), image_size=64, num_workers=0)
+    with pytest.raises(DataError, match="hexagon") as e:
+        data.dataset("val", [1, 2, 3], NAMES)
+    assert str(NAMES) in str(e.value) and str(sorted([*NAMES, "hexagon"])) in str(e.value)
+
+
+def test_eval_maps_voc_classes_by_name(formats, tmp_path, trained_run):
+    """The toy checkpoint knows circle, square, triangle: a VOC val set evaluates the same whether or not
+    the data's sorted names include circle, and a set with a class it does not know is refused."""
+    full, short, unknown = (voc_copy(formats, tmp_path, n) for n in ("full", "short", "unknown"))
+    for root in (full, short):
+        drop_class(root, "circle", "val")
+    (short / "ImageSets/Main/train.txt").write_text((short / "ImageSets/Main/val.txt").read_text())
+    xml = next((unknown / "Annotations").glob("*.xml"))
+    xml.write_text(re.sub(r"<name>\w+</name>", "<name>hexagon</name>", xml.read_text(), count=1))
+    common = [f"checkpoint={trained_run}/checkpoints/last.pt", "data=voc", "data.image_size=64", "data.num_workers=0"]
+    metrics = {}
+    for name, root in (("full", full), ("short", short)):
+        detcli("eval", *common, f"data.root={root}", f"hydra.run.dir={tmp_path}/{name}_eval")
+        metrics[name] = json.loads((tmp_path / f"{name}_eval" / "metrics.json").read_text())
+    assert {k: v for k, v in metrics["full"].items() if k.startswith("map")} == \
+        {k: v for k, v in metrics["short"].items() if k.startswith("map")}
+    refused = detcli("eval", *common, f"data.root={unknown}", f"hydra.run.dir={tmp_path}/refused", check=False)
+    assert refused.returncode == 1 and "hexagon" in refused.stderr and str(NAMES) in refused.stderr

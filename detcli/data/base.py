@@ -3,6 +3,7 @@ and the data object that builds datasets and loaders. A format only turns its fi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
-from detcli.data.collate import collate
+from detcli.data.collate import Collate, canvas_size
 from detcli.data.sampler import EpochSampler
-from detcli.data.transforms import train_transforms, val_transforms
+from detcli.data.transforms import PAD_VALUE, train_transforms, val_transforms
 from detcli.errors import ConfigError, DataError
 
 
@@ -148,7 +149,7 @@ class DetectionData:
         hflip: float = 0.5,
         batch_size: int = 16,
         val_batch_size: int | None = None,
-        num_workers: int = 4,
+        num_workers: int | str = "auto",
         pin_memory: bool = True,
         on_bad: str = "error",
         check_images: bool = True,
@@ -171,7 +172,7 @@ class DetectionData:
         self.hflip = hflip
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers = worker_count(num_workers)
         self.pin_memory = pin_memory and torch.cuda.is_available()
 
     categories: list[dict]
@@ -204,38 +205,84 @@ class DetectionData:
     def num_classes(self) -> int:
         return len(self.categories)
 
-    def dataset(self, split: str, cat_ids: list[int] | None = None) -> DetectionDataset:
-        """split 'train' or 'val'; cat_ids fixes the label order (e.g. a checkpoint's)."""
-        from detcli.data.checks import apply_policy
+    match_classes_by = "id"  # how a checkpoint's classes are found in this data: "id" (COCO) or "name"
 
-        records, root, defects = self.checked_split(split, list(cat_ids or self.cat_ids))
-        records = apply_policy(records, defects, self.on_bad, f"the {split} split")
+    def label_order(self, cat_ids: list[int] | None = None, class_names: list[str] | None = None) -> list:
+        """This data's category ids in label order: its own, or a checkpoint's classes found by id (COCO
+        ids name the classes) or by name (VOC / YOLO ids are positions in a name list, which another copy
+        of the data can sort or list differently). None marks a checkpoint class this data lacks; a class
+        of the data that the checkpoint does not know is refused, listing both."""
+        if self.match_classes_by == "name" and class_names is not None:
+            own = dict(zip(self.class_names, self.cat_ids))
+            unknown = [n for n in own if n not in class_names]
+            if unknown:
+                raise DataError(
+                    f"the data has classes the checkpoint does not know: {unknown}. Labels are matched by name: "
+                    f"the checkpoint's classes, in label order, are {list(class_names)}; this data's are "
+                    f"{self.class_names}. Evaluate on data whose classes are among the checkpoint's (data.classes "
+                    f"for VOC, `names` in data.yaml for YOLO), or train a model that knows them.")
+            return [own.get(n) for n in class_names]
+        return list(cat_ids) if cat_ids else self.cat_ids
+
+    def dataset(self, split: str, cat_ids: list[int] | None = None,
+                class_names: list[str] | None = None) -> DetectionDataset:
+        """split 'train' or 'val'; cat_ids / class_names (a checkpoint's) fix the label order (`label_order`).
+        The dataset's `defects` are what the checks found; its `defect_note` says what the val metric
+        leaves out ("" if nothing): data.on_bad never rewrites validation ground truth (checks.val_policy)."""
+        from detcli.data.checks import apply_policy, val_policy
+
+        records, root, defects = self.checked_split(split, self.label_order(cat_ids, class_names))
+        what = f"the {split} split"
         if split == "train":
+            records, note = apply_policy(records, defects, self.on_bad, what), ""
             tf = train_transforms(self.image_size, self.hflip, self.steps["train"], self.letterbox)
             side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
-            return DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
-        tf = val_transforms(self.image_size, self.steps["val"], self.letterbox)
-        return DetectionDataset(records, root, tf, False, cache=self.cache)
+            ds = DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
+        else:
+            records, note = val_policy(records, defects, self.on_bad, what)
+            tf = val_transforms(self.image_size, self.steps["val"], self.letterbox)
+            ds = DetectionDataset(records, root, tf, False, cache=self.cache)
+        ds.defects, ds.defect_note = defects, note
+        return ds
 
-    def train_loader(self, dataset: DetectionDataset, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def train_loader(self, dataset: DetectionDataset, seed: int, rank: int = 0, world_size: int = 1,
+                     pad_value: tuple = PAD_VALUE) -> DataLoader:
+        """pad_value: RGB 0-255 the batches are padded with; give the model's mean (collate.pad_value)."""
         sampler = EpochSampler(len(dataset), seed, shuffle=True, rank=rank, world_size=world_size)
-        return self._loader(dataset, sampler, self.batch_size, drop_last=True)
+        return self._loader(dataset, sampler, self.batch_size, drop_last=True, pad_value=pad_value)
 
-    def val_loader(self, dataset: DetectionDataset, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def val_loader(self, dataset: DetectionDataset, rank: int = 0, world_size: int = 1,
+                   pad_value: tuple = PAD_VALUE) -> DataLoader:
         sampler = EpochSampler(len(dataset), 0, shuffle=False, rank=rank, world_size=world_size)
-        return self._loader(dataset, sampler, self.val_batch_size, drop_last=False)
+        return self._loader(dataset, sampler, self.val_batch_size, drop_last=False, pad_value=pad_value)
 
-    def _loader(self, dataset, sampler, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset, sampler, batch_size: int, drop_last: bool,
+                pad_value: tuple = PAD_VALUE) -> DataLoader:
+        from detcli.engine.signals import WorkerSignals
+
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=_Collate(self.size_divisible),
+            collate_fn=Collate(self.size_divisible, pad_value, canvas_size(self.image_size, self.letterbox)),
             pin_memory=self.pin_memory,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(0),  # worker seeds never draw from the global RNG
+            worker_init_fn=WorkerSignals(),  # a stop signal sent to the whole job is the main process's
         )
+
+
+def worker_count(value: int | str, cap: int = 8) -> int:
+    """data.num_workers: an int >= 0, or 'auto': the CPUs this process may use, shared among the
+    processes of this machine (torchrun's LOCAL_WORLD_SIZE), less one for the process itself, at most `cap`."""
+    if value == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(0, min(cap, per_process - 1))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"data.num_workers must be an int >= 0 or auto, got {value!r}.")
+    return value
 
 
 def require(value, key: str) -> str:
@@ -244,10 +291,3 @@ def require(value, key: str) -> str:
         raise ConfigError(f"{key} is not set: give {key}=PATH on the command line.")
     return str(Path(value).expanduser())
 
-
-class _Collate:
-    def __init__(self, size_divisible: int):
-        self.size_divisible = size_divisible
-
-    def __call__(self, samples):
-        return collate(samples, self.size_divisible)

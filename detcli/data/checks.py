@@ -1,6 +1,7 @@
 """Dataset defects: found once, listed with their file and line / id, then handled by
 `data.on_bad`: error (refuse, listing them), skip (leave out bad images and boxes) or clip (clip boxes
-that leave the image, leave out the rest). Input files are only ever read."""
+that leave the image, leave out the rest). skip and clip make training possible; they never rewrite
+the validation ground truth (`val_policy`), which would overstate mAP. Input files are only ever read."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Defect:
     image: int | None = None  # index of the record it concerns; None: the dataset as a whole
     box: int | None = None  # index of the box in that record; None: the whole image
     clippable: bool = False
+    evaluable: bool = False  # an image defect that still lets the image be evaluated (a size mismatch)
 
     def __str__(self) -> str:
         return f"{self.file}{': ' + self.where if self.where else ''}: {self.problem}"
@@ -70,7 +72,7 @@ def image_defects(records: list, root: Path, decode: bool = False, workers: int 
             return Defect(str(path), "", "image file is truncated (no end-of-image marker)", i)
         if size != (r.width, r.height):
             return Defect(str(path), "", f"image is {size[0]}x{size[1]} but its annotation says {r.width}x{r.height}",
-                          i)
+                          i, evaluable=True)
         return None
 
     with ThreadPoolExecutor(workers) as pool:
@@ -87,10 +89,14 @@ def _truncated(path: Path) -> bool:
     return b"\xff\xd9" not in tail if suffix != ".png" else b"IEND" not in tail
 
 
-def apply_policy(records: list, defects: list[Defect], on_bad: str, what: str) -> list:
-    """Records with the defects handled as `on_bad` says; a DataError listing them for 'error'."""
+def _check_policy(on_bad: str) -> None:
     if on_bad not in POLICIES:
         raise ConfigError(f"data.on_bad must be one of {POLICIES}, got '{on_bad}'.")
+
+
+def apply_policy(records: list, defects: list[Defect], on_bad: str, what: str) -> list:
+    """Records with the defects handled as `on_bad` says; a DataError listing them for 'error'."""
+    _check_policy(on_bad)
     if not defects:
         return records
     if on_bad == "error":
@@ -117,6 +123,56 @@ def apply_policy(records: list, defects: list[Defect], on_bad: str, what: str) -
     log.warning("%s, data.on_bad=%s: %d images left out, %d boxes left out, %d boxes clipped "
                 "(`detcli data check` lists them)", what, on_bad, len(bad_images), dropped, clipped)
     return out
+
+
+def val_policy(records: list, defects: list[Defect], on_bad: str, what: str) -> tuple[list, str]:
+    """Validation records under `on_bad`, and a note on what the metric leaves out ("" if nothing).
+
+    'error' refuses as for training. skip and clip keep every box as annotated, those leaving the image
+    unclipped. Left out is only what cannot be evaluated: boxes no detection can match (NaN
+    coordinates, no width or height, a class the model does not know; kept, they would count as misses
+    no model can avoid, an unknown class as a class of its own with AP 0), and images whose file is
+    missing or unreadable, whose annotations cannot be read, or that repeat an image id (their boxes
+    belong to the first). An image whose size differs from its annotation stays: its boxes are scaled
+    to the file, as every split reads them."""
+    _check_policy(on_bad)
+    if on_bad == "error" or not defects:
+        return apply_policy(records, defects, on_bad, what), ""
+    left_out = {d.image: d for d in defects if d.box is None and d.image is not None and not d.evaluable}
+    out, unmatchable = [], 0
+    for i, r in enumerate(records):
+        if i not in left_out:
+            keep = _matchable(r.boxes, r.labels)
+            unmatchable += int((~keep).sum())
+            out.append(_subset(r, keep))
+    names = [f"{d.file} ({d.where})" if d.where else d.file for d in left_out.values()]
+    note = _val_note(len(defects), unmatchable, names, what, on_bad)
+    log.warning("%s", note)
+    return out, note
+
+
+def _matchable(boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(n,) bool: a box with finite coordinates, a positive width and height, and a known class."""
+    sized = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return np.isfinite(boxes).all(1) & sized & (labels >= 0)
+
+
+def _subset(r, keep: np.ndarray):
+    if keep.all():
+        return r
+    return replace(r, boxes=r.boxes[keep], labels=r.labels[keep], iscrowd=r.iscrowd[keep], area=r.area[keep],
+                   sources=[s for s, k in zip(r.sources, keep) if k])
+
+
+def _val_note(found: int, boxes: int, images: list[str], what: str, on_bad: str, limit: int = 10) -> str:
+    note = (f"{what}: {found} defects (`detcli data check` lists them); data.on_bad={on_bad} does not rewrite "
+            f"validation ground truth: boxes are evaluated as annotated")
+    if boxes:
+        note += f", except {boxes} that no detection can match (NaN, no width / height, unknown class), left out"
+    if images:
+        shown = ", ".join(images[:limit]) + (f" and {len(images) - limit} more" if len(images) > limit else "")
+        note += f"; {len(images)} images that cannot be evaluated are left out: {shown}"
+    return note
 
 
 def report(defects: list[Defect], what: str, limit: int = 20) -> str:

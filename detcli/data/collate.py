@@ -1,21 +1,37 @@
 """Batching: images padded into one uint8 tensor, gt boxes padded into (B, M, 4) with label -1, so
-that assignment and losses run over the whole batch at once."""
+that assignment and losses run over the whole batch at once.
+
+Images sit at the top left and are padded right and bottom with `pad_value`, the model's mean, so that
+padding is 0 after its normalisation. A letterbox is the keep-ratio resize plus a fixed square canvas
+here, so the batch always knows each image's content size and its scale from the original pixels.
+
+Naming: B = images, M = gt boxes per image (padded), H, W = the batch's padded size.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import Tensor
+
+from detcli.data.transforms import PAD_VALUE
 
 
-def collate(samples: list, size_divisible: int = 32) -> dict:
-    """samples: (image uint8 (3, h, w), target {boxes (n, 4), labels (n,)}, meta dict) per image."""
+def collate(samples: list, size_divisible: int = 32, pad_value: tuple = PAD_VALUE,
+            canvas: tuple[int, int] | None = None) -> dict:
+    """samples: (image uint8 (3, h, w), target {boxes (n, 4), labels (n,)}, meta with orig_size) per image.
+    The batch is as large as its largest image, at least `canvas` (the letterbox square), rounded up to
+    a multiple of `size_divisible`."""
     images, targets, metas = zip(*samples)
     B = len(images)
-    H = math.ceil(max(im.shape[-2] for im in images) / size_divisible) * size_divisible
-    W = math.ceil(max(im.shape[-1] for im in images) / size_divisible) * size_divisible
+    sizes = torch.tensor([im.shape[-2:] for im in images], dtype=torch.long)  # (B, 2) content h, w
+    orig = torch.tensor([m.get("orig_size", im.shape[-2:]) for im, m in zip(images, metas)],
+                        dtype=torch.long)  # (B, 2) original h, w
+    least = canvas or (0, 0)
+    H, W = (math.ceil(max(int(sizes[:, k].max()), least[k]) / size_divisible) * size_divisible for k in (0, 1))
     M = max((len(t["labels"]) for t in targets), default=0)
-    batch_images = torch.zeros(B, 3, H, W, dtype=torch.uint8)
+    batch_images = torch.tensor(pad_value, dtype=torch.uint8).view(1, 3, 1, 1).repeat(B, 1, H, W)  # (B, 3, H, W)
     boxes = torch.zeros(B, M, 4, dtype=torch.float32)
     labels = torch.full((B, M), -1, dtype=torch.long)
     for i, (im, t) in enumerate(zip(images, targets)):
@@ -27,6 +43,31 @@ def collate(samples: list, size_divisible: int = 32) -> dict:
         "images": batch_images,  # (B, 3, H, W) uint8
         "boxes": boxes,  # (B, M, 4) x1y1x2y2 in resized pixels
         "labels": labels,  # (B, M) contiguous labels, -1 = padding
-        "image_sizes": torch.tensor([im.shape[-2:] for im in images], dtype=torch.long),  # (B, 2) h, w
+        "image_sizes": sizes,  # (B, 2) h, w of the content (resized, unpadded): clip predictions to it
+        "orig_sizes": orig,  # (B, 2) h, w of the original image
+        # resized / original pixels per axis, as x, y, x, y: what the resize did to the boxes, so
+        # dividing by it maps predictions back exactly
+        "scale": (sizes / orig).flip(1).repeat(1, 2).float(),  # (B, 4)
         "meta": list(metas),
     }
+
+
+def canvas_size(image_size, letterbox: bool) -> tuple[int, int] | None:
+    """The fixed (H, W) a letterbox pads to (int sizes only), else None (each batch its own size)."""
+    return (int(image_size), int(image_size)) if letterbox and isinstance(image_size, int) else None
+
+
+def pad_value(pixel_mean: Tensor) -> tuple[int, int, int]:
+    """A model's `pixel_mean` (1, 3, 1, 1) on the 0-255 scale, as the RGB ints to pad with."""
+    return tuple(round(v) for v in pixel_mean.flatten().tolist())
+
+
+class Collate:
+    """collate with fixed arguments, picklable for the loader's workers."""
+
+    def __init__(self, size_divisible: int = 32, pad_value: tuple = PAD_VALUE,
+                 canvas: tuple[int, int] | None = None):
+        self.size_divisible, self.pad_value, self.canvas = size_divisible, tuple(pad_value), canvas
+
+    def __call__(self, samples: list) -> dict:
+        return collate(samples, self.size_divisible, self.pad_value, self.canvas)

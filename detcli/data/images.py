@@ -1,18 +1,26 @@
-"""Plain images for `detcli predict`: a file, a folder or a glob pattern."""
+"""Plain images for `detcli predict`: a file, a folder or a glob pattern, preprocessed as the checkpoint's
+data config says, with the dataset's image ids when an annotation file is given."""
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from detcli.data.base import read_image
+from detcli.data.collate import Collate, canvas_size
 from detcli.data.transforms import val_transforms
 from detcli.errors import DataError
+
+log = logging.getLogger("detcli")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -36,13 +44,15 @@ def find_images(source: str) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """(image uint8 resized, empty target, meta with file_name, image_id, orig_size) per file."""
+    """(image uint8 after `transforms`, empty target, meta with file_name, image_id, orig_size) per file;
+    `image_ids` default to 1, 2, ... in file order."""
 
-    def __init__(self, files: list[Path], image_size):
+    def __init__(self, files: list[Path], transforms, image_ids: list[int] | None = None):
         self.files = files
         common = Path(os.path.commonpath([str(f.resolve().parent) for f in files])) if files else Path()
         self.relative = [str(f.resolve().relative_to(common)) for f in files]  # unique names for outputs
-        self.transforms = val_transforms(image_size)
+        self.transforms = transforms
+        self.image_ids = image_ids or list(range(1, len(files) + 1))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -52,6 +62,45 @@ class ImageFiles(Dataset):
         H, W = image.shape[-2:]
         resized = self.transforms(tv_tensors.Image(image)).as_subclass(torch.Tensor)
         target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
-        meta = {"image_id": i + 1, "file_name": str(self.files[i]), "orig_size": (H, W),
+        meta = {"image_id": self.image_ids[i], "file_name": str(self.files[i]), "orig_size": (H, W),
                 "relative": self.relative[i]}
         return resized, target, meta
+
+
+def preprocessing(data_cfg: DictConfig, pad_value: tuple) -> tuple[v2.Transform, Collate]:
+    """The val transforms and the collate a (checkpoint's) data config describes, built without reading
+    its dataset: `val_transforms` (else the keep-ratio resize to `image_size`), the letterbox square,
+    `size_divisible`, and padding with `pad_value`."""
+    size = config_image_size(data_cfg)
+    steps = instantiate(data_cfg.val_transforms) if data_cfg.get("val_transforms") else None
+    canvas = canvas_size(size, bool(data_cfg.get("letterbox", False)))
+    return val_transforms(size, steps), Collate(int(data_cfg.get("size_divisible", 32)), pad_value, canvas)
+
+
+def config_image_size(data_cfg: DictConfig) -> int | tuple[int, int]:
+    """data.image_size as DetectionData takes it: an int, or (short, max)."""
+    size = data_cfg.image_size
+    return int(size) if isinstance(size, int) else tuple(int(v) for v in size)
+
+
+def dataset_ids(files: list[Path], root: Path, known: dict[str, int]) -> list[int]:
+    """The dataset's image id of each file, matched by its path relative to `root` (the image folder),
+    else by its base name when that is unambiguous; the others get ids after the largest, with a warning."""
+    known = {Path(name).as_posix(): image_id for name, image_id in known.items()}  # "./a.jpg" is "a.jpg"
+    by_name: dict[str, list[int]] = {}
+    for name, image_id in known.items():
+        by_name.setdefault(Path(name).name, []).append(image_id)
+    first_new = max(known.values(), default=0) + 1
+    ids, missing = [], []
+    for f in files:
+        rel = Path(os.path.relpath(f.resolve(), root.resolve())).as_posix()
+        same_name = by_name.get(f.name, [])
+        if rel in known or len(same_name) == 1:
+            ids.append(known[rel] if rel in known else same_name[0])
+        else:
+            ids.append(first_new + len(missing))
+            missing.append(rel)
+    if missing:
+        log.warning("%d of %d images are not in the annotation file; they get ids from %d on: %s", len(missing),
+                    len(files), first_new, ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return ids

@@ -2,7 +2,10 @@
 
 A pipeline from config (`data.train_transforms: [{_target_: torchvision.transforms.v2....}, ...]`)
 replaces the default one (flip + keep-ratio resize); box clamping and SanitizeBoundingBoxes always end
-the training pipeline, so a crop or an affine never leaves an empty or out-of-image box.
+the training pipeline, so a crop or an affine never leaves an empty or out-of-image box. Nothing here
+pads: the collate pads every batch (to the letterbox square when asked) and keeps the content size.
+
+Naming: n = boxes of an image, s = side (the mosaic's output size).
 """
 
 from __future__ import annotations
@@ -12,35 +15,33 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-PAD_VALUE = 114  # the grey YOLOX pads with
+# the ImageNet mean on the 0-255 scale: padding with it is ~0 after the usual normalisation (YOLOX's
+# grey 114 is up to 0.2 sigma off); the tasks pad batches with the model's own mean (collate.pad_value)
+PAD_VALUE = (124, 116, 104)
 
 
 def resize(image_size) -> v2.Transform:
     """Keep-ratio resize. int N: the longer side becomes N; [short, max]: the shorter side becomes
-    `short` unless the longer side would pass `max` (the detectron2 / FCOS 800x1333 rule)."""
+    `short` unless the longer side would pass `max` (the detectron2 / FCOS 800x1333 rule). A letterbox
+    is this resize too: the collate pads it to the square (collate.canvas_size)."""
     if isinstance(image_size, int):
         return v2.Resize(size=None, max_size=int(image_size), antialias=True)
     short, longest = (int(v) for v in image_size)
     return v2.Resize(size=short, max_size=longest, antialias=True)
 
 
-class Letterbox(v2.Transform):
-    """Keep-ratio resize so the longer side is `size`, then pad right and bottom to size x size."""
-
-    def __init__(self, size: int, fill: int = PAD_VALUE):
-        super().__init__()
-        self.resize = v2.Resize(size=None, max_size=int(size), antialias=True)
-        self.size, self.fill = int(size), fill
-
-    def forward(self, *inputs):
-        out = self.resize(*inputs)
-        h, w = v2.query_size(out if isinstance(out, tuple) else (out,))
-        return v2.Pad([0, 0, self.size - w, self.size - h], fill=self.fill)(out)
-
-
-def sizing(image_size, letterbox: bool) -> v2.Transform:
-    """Letterbox (int sizes only) or the keep-ratio resize."""
-    return Letterbox(image_size) if letterbox and isinstance(image_size, int) else resize(image_size)
+def resized_size(h: int, w: int, image_size) -> tuple[int, int]:
+    """(h, w) after `resize(image_size)`, torchvision's rule spelt out (sizes are truncated, not
+    rounded) for whoever must reproduce it, e.g. the export sidecar and its test."""
+    short, long = min(h, w), max(h, w)
+    if isinstance(image_size, int):
+        new_short, new_long = int(image_size * short / long), int(image_size)
+    else:
+        s, m = (int(v) for v in image_size)
+        new_short, new_long = s, int(s * long / short)
+        if new_long > m:
+            new_short, new_long = int(m * new_short / new_long), m
+    return (new_long, new_short) if h > w else (new_short, new_long)
 
 
 def finish() -> list[v2.Transform]:
@@ -48,22 +49,28 @@ def finish() -> list[v2.Transform]:
 
 
 def train_transforms(image_size, hflip: float = 0.5, steps: list | None = None, letterbox: bool = False):
+    """Flip + keep-ratio resize, or the user's pipeline. `letterbox` changes nothing here (its resize is
+    the same; the collate pads to the square), it is accepted for the callers."""
     if steps:  # the user's pipeline, instantiated by Hydra
         return v2.Compose(list(steps) + finish())
     flip = [v2.RandomHorizontalFlip(p=hflip)] if hflip > 0 else []
-    return v2.Compose(flip + [sizing(image_size, letterbox)] + finish())
+    return v2.Compose(flip + [resize(image_size)] + finish())
 
 
 def val_transforms(image_size, steps: list | None = None, letterbox: bool = False):
+    """The keep-ratio resize, or the user's pipeline (`letterbox`: as in train_transforms)."""
     if steps:
         return v2.Compose(list(steps))
-    return v2.Compose([sizing(image_size, letterbox)])
+    return v2.Compose([resize(image_size)])
 
 
-def mosaic(samples: list[tuple], side: int, g: torch.Generator) -> tuple:
-    """Four (image uint8 (3, h, w), boxes (n, 4), labels (n,)) around a random centre of a
-    2*side canvas (each image's longer side resized to `side`), then a random scale / translate."""
-    canvas = torch.full((3, 2 * side, 2 * side), PAD_VALUE, dtype=torch.uint8)
+def mosaic(samples: list[tuple], side: int, g: torch.Generator, fill: tuple = PAD_VALUE) -> tuple:
+    """YOLOX's mosaic: four (image uint8 (3, h, w), boxes (n, 4), labels (n,)), each with its longer side
+    resized to `side`, around a centre drawn in [side/2, 3 side/2] of a 2 side canvas; then the
+    side x side window around the canvas centre, scaled by [0.5, 1.5] and shifted by up to 0.1 side
+    (YOLOX's random_perspective with border -side/2), so objects keep the size they have at `side`.
+    Every draw comes from `g`."""
+    canvas = torch.tensor(fill, dtype=torch.uint8)[:, None, None].repeat(1, 2 * side, 2 * side)  # (3, 2s, 2s)
     cx, cy = (torch.rand(2, generator=g) * side + side / 2).long().tolist()
     all_boxes, all_labels = [], []
     for k, (image, boxes, labels) in enumerate(samples):
@@ -75,16 +82,28 @@ def mosaic(samples: list[tuple], side: int, g: torch.Generator) -> tuple:
         y0 = cy - h if k in (0, 1) else cy
         X1, Y1, X2, Y2 = max(x0, 0), max(y0, 0), min(x0 + w, 2 * side), min(y0 + h, 2 * side)
         canvas[:, Y1:Y2, X1:X2] = image[:, Y1 - y0 : Y2 - y0, X1 - x0 : X2 - x0]
-        shifted = boxes * scale + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+        shifted = boxes * scale + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)  # (n, 4)
         all_boxes.append(torch.maximum(torch.minimum(shifted, torch.tensor([X2, Y2, X2, Y2])),
                                        torch.tensor([X1, Y1, X1, Y1])))
         all_labels.append(labels)
-    target = {"boxes": tv_tensors.BoundingBoxes(torch.cat(all_boxes), format="XYXY", canvas_size=(2 * side,) * 2),
-              "labels": torch.cat(all_labels)}
-    affine = v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.5, 1.5), fill=PAD_VALUE)
-    image, target = v2.Compose([affine, v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=2)])(
-        tv_tensors.Image(canvas), target)
+    boxes = tv_tensors.BoundingBoxes(torch.cat(all_boxes), format="XYXY", canvas_size=(2 * side,) * 2)
+    image, boxes = _window(tv_tensors.Image(canvas), boxes, side, g, fill)
+    target = {"boxes": boxes, "labels": torch.cat(all_labels)}
+    image, target = v2.Compose([v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=2)])(image, target)
     return image.as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor), target["labels"]
+
+
+def _window(image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, side: int, g: torch.Generator,
+            fill: tuple) -> tuple:
+    """The side x side output of a 2 side canvas: scaled about the canvas centre, shifted, then cropped
+    around it (an affine whose output is smaller than its input is a crop)."""
+    scale = 0.5 + float(torch.rand((), generator=g))  # in [0.5, 1.5]
+    shift = ((torch.rand(2, generator=g) * 2 - 1) * 0.1 * side).tolist()  # (2,) x, y in pixels
+    params = {"angle": 0.0, "translate": shift, "scale": scale, "shear": [0.0, 0.0]}
+    image = F.affine(image, **params, interpolation=v2.InterpolationMode.BILINEAR, fill=list(fill))
+    boxes = F.affine(boxes, **params)
+    top = side // 2  # the canvas centre (side, side) lands at the window's centre
+    return F.crop(image, top, top, side, side), F.crop(boxes, top, top, side, side)
 
 
 def mixup(a: tuple, b: tuple) -> tuple:

@@ -2,8 +2,9 @@
 flat folder of image + xml pairs as labelling tools write it.
 
 Class names come from `data.classes` or, sorted, from the XML files; their category ids are 1..C in
-that order. Pixel indexes are made 0-based (x1 = xmin - 1, as detectron2 reads VOC). `difficult`
-objects are left out of training and ignored in evaluation (flagged like COCO's iscrowd).
+that order. Those ids depend on which files are read, so a checkpoint's classes are found by name
+(`DetectionData.label_order`). Pixel indexes are made 0-based (x1 = xmin - 1, as detectron2 reads
+VOC). `difficult` objects are left out of training and ignored in evaluation (flagged like COCO's iscrowd).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def parse_voc_xml(path: Path) -> dict:
 
 
 class VocData(DetectionData):
+    match_classes_by = "name"
+
     def __init__(self, root: str | None = None, train_list: str | None = None, val_list: str | None = None,
                  classes: list[str] | None = None, **kwargs):
         super().__init__(**kwargs)

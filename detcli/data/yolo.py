@@ -1,7 +1,7 @@
 """YOLO-format datasets as ultralytics writes them: a `data.yaml` with `path`, `train`, `val` (image
 folders or .txt lists of images, relative to `path`) and `names`; one `labels/<stem>.txt` per image
 (the images->labels path rule), a line `class cx cy w h` in 0-1 units per box. The class index is the
-category id."""
+category id; a checkpoint's classes are found by name, so another data.yaml may list them in another order."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ def read_labels(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, l
 
 
 class YoloData(DetectionData):
+    match_classes_by = "name"
+
     def __init__(self, yaml_file: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.yaml_file = Path(require(yaml_file, "data.yaml_file"))

@@ -1,4 +1,8 @@
-"""COCO evaluation: torchmetrics MeanAveragePrecision with the faster-coco-eval backend."""
+"""COCO evaluation: torchmetrics MeanAveragePrecision with the faster-coco-eval backend, on detections
+mapped back to original pixels.
+
+Naming: B = images, D = detections per image (padded with label -1).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from detcli.engine.utils import autocast_dtype
+from detcli.models.postprocess import clip_boxes
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evaluation summary is ours to print
 
@@ -16,12 +21,12 @@ METRIC_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"
 
 
 def to_original(dets: dict[str, Tensor], batch: dict) -> list[dict[str, Tensor]]:
-    """Batched fixed-shape detections in resized pixels -> per image, original pixels, padding dropped."""
-    sizes = batch["image_sizes"].to(dets["boxes"].device).float()  # (B, 2) resized h, w
-    orig = torch.tensor([m["orig_size"] for m in batch["meta"]], device=sizes.device, dtype=torch.float32)
-    scale = (orig / sizes).flip(1).repeat(1, 2)[:, None]  # (B, 1, 4) as x, y, x, y
-    boxes = (dets["boxes"].float() * scale).cpu()
-    scores, labels = dets["scores"].float().cpu(), dets["labels"].cpu()
+    """Batched fixed-shape detections in resized pixels -> per image, original pixels, padding dropped.
+    Boxes are divided by the batch's per-axis `scale` (what the resize did), then clipped to the
+    original image."""
+    scale = batch["scale"].float()[:, None]  # (B, 1, 4) resized / original, as x, y, x, y
+    boxes = clip_boxes(dets["boxes"].float().cpu() / scale, batch["orig_sizes"])  # (B, D, 4)
+    scores, labels = dets["scores"].float().cpu(), dets["labels"].cpu()  # (B, D) each
     out = []
     for b, s, lab in zip(boxes, scores, labels):
         keep = lab >= 0

@@ -1,9 +1,15 @@
 """detcli predict checkpoint=PATH source=IMAGE|DIR|GLOB: predictions.json (COCO results format, the
-dataset's own category ids, x,y,w,h in original pixels) and one annotated image per input."""
+dataset's own category ids, x,y,w,h in original pixels) and one annotated image per input.
+
+Images are preprocessed as the checkpoint's data config says for validation (val_transforms or the
+keep-ratio resize, letterbox, padding with the model's mean), as in `detcli eval`. With
+`predict.ann=FILE.json` (or `train` / `val`: the checkpoint's own dataset) the image ids are the
+dataset's, so predictions.json can be scored against it."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -11,9 +17,11 @@ from torch.utils.data import DataLoader
 from torchvision.io import write_jpeg, write_png
 from torchvision.utils import draw_bounding_boxes
 
+from detcli.build import instantiate_group
 from detcli.data.base import read_image
-from detcli.data.collate import collate
-from detcli.data.images import ImageFiles, find_images
+from detcli.data.coco import load_coco_json
+from detcli.data.collate import pad_value
+from detcli.data.images import ImageFiles, dataset_ids, find_images, preprocessing
 from detcli.engine.evaluator import run_inference
 from detcli.tasks.common import load_model, log, run_dir
 
@@ -26,8 +34,9 @@ def run(cfg: DictConfig) -> int:
     model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device)
     model.postprocess.max_det = int(cfg.predict.max_det)
     files = find_images(str(cfg.source))
-    dataset = ImageFiles(files, ckpt_cfg.data.image_size)
-    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), collate_fn=collate)
+    transforms, collate = preprocessing(ckpt_cfg.data, pad_value(model.pixel_mean))
+    ids = image_ids(files, str(cfg.source), cfg.predict.get("ann"), ckpt_cfg, meta["cat_ids"])
+    loader = DataLoader(ImageFiles(files, transforms, ids), batch_size=int(cfg.batch_size), collate_fn=collate)
     names, cat_ids = meta["class_names"], meta["cat_ids"]
     results, thresh = [], float(cfg.predict.score_thresh)
     for batch, dets in run_inference(model, loader, device):
@@ -45,6 +54,22 @@ def run(cfg: DictConfig) -> int:
     log.info("%d detections on %d images -> %s", len(results), len(files), out / "predictions.json")
     print(f"{len(results)} detections on {len(files)} images written to {out / 'predictions.json'}")
     return len(results)
+
+
+def image_ids(files: list[Path], source: str, ann: str | None, ckpt_cfg: DictConfig,
+              cat_ids: list[int]) -> list[int] | None:
+    """The dataset's ids of the files when `ann` names their annotations (None: 1, 2, ... in file order).
+    File names are matched relative to the source folder (or the files' common folder)."""
+    if not ann:
+        return None
+    if ann in ("train", "val"):  # the checkpoint's own dataset, whatever its format
+        records, _, _ = instantiate_group("data", ckpt_cfg.data).load_split(ann, cat_ids)
+        known = {r.file_name: r.image_id for r in records}
+    else:
+        known = {img["file_name"]: img["id"] for img in load_coco_json(ann, "predict.ann")["images"]}
+    path = Path(source).expanduser()
+    root = path if path.is_dir() else Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+    return dataset_ids(files, root, known)
 
 
 def draw(path: Path, boxes, scores, labels, names: list[str], target: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from detcli.build import build_model, instantiate_group
+from detcli.data.collate import pad_value
 from detcli.engine.checkpoint import load_with_fallback
 from detcli.engine.distributed import launch_torchrun, local_device, world_size
 from detcli.engine.trainer import Trainer
@@ -51,8 +52,9 @@ def run(cfg: DictConfig) -> float:
              cfg.head._target_.split(".")[-1], sum(p.numel() for p in model.parameters()) / 1e6)
     rank, world = int(os.environ.get("RANK", "0")), world_size()
     logger = instantiate_group("logger", cfg.logger, run_dir=out) if is_main_process() else None
-    trainer = Trainer(cfg, model, data.train_loader(train_set, int(cfg.seed), rank, world),
-                      data.val_loader(val_set, rank, world), out, device, meta, logger)
+    pad = pad_value(model.pixel_mean)  # padding is 0 after the model's normalisation
+    trainer = Trainer(cfg, model, data.train_loader(train_set, int(cfg.seed), rank, world, pad_value=pad),
+                      data.val_loader(val_set, rank, world, pad_value=pad), out, device, meta, logger)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     result = trainer.fit()
