@@ -235,12 +235,12 @@ class DetectionData:
         what = f"the {split} split"
         if split == "train":
             records, note = apply_policy(records, defects, self.on_bad, what), ""
-            tf = train_transforms(self.image_size, self.hflip, self.steps["train"], self.letterbox)
+            tf = train_transforms(self.image_size, self.hflip, self.steps["train"])
             side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
             ds = DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
         else:
             records, note = val_policy(records, defects, self.on_bad, what)
-            tf = val_transforms(self.image_size, self.steps["val"], self.letterbox)
+            tf = val_transforms(self.image_size, self.steps["val"])
             ds = DetectionDataset(records, root, tf, False, cache=self.cache)
         ds.defects, ds.defect_note = defects, note
         return ds

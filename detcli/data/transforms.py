@@ -48,17 +48,17 @@ def finish() -> list[v2.Transform]:
     return [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1)]
 
 
-def train_transforms(image_size, hflip: float = 0.5, steps: list | None = None, letterbox: bool = False):
-    """Flip + keep-ratio resize, or the user's pipeline. `letterbox` changes nothing here (its resize is
-    the same; the collate pads to the square), it is accepted for the callers."""
+def train_transforms(image_size, hflip: float = 0.5, steps: list | None = None):
+    """Flip + keep-ratio resize, or the user's pipeline (a letterbox is the same resize: the collate
+    pads it to the square)."""
     if steps:  # the user's pipeline, instantiated by Hydra
         return v2.Compose(list(steps) + finish())
     flip = [v2.RandomHorizontalFlip(p=hflip)] if hflip > 0 else []
     return v2.Compose(flip + [resize(image_size)] + finish())
 
 
-def val_transforms(image_size, steps: list | None = None, letterbox: bool = False):
-    """The keep-ratio resize, or the user's pipeline (`letterbox`: as in train_transforms)."""
+def val_transforms(image_size, steps: list | None = None):
+    """The keep-ratio resize, or the user's pipeline."""
     if steps:
         return v2.Compose(list(steps))
     return v2.Compose([resize(image_size)])

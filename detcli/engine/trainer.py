@@ -150,7 +150,7 @@ class Trainer:
             self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch, t.scheduler)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        log.info("lr %g (%s), schedule: %s", self.optimizer.param_groups[0]["lr"],
+        log.info("lr %g (%s), schedule: %s", self.optimizer.param_groups[0]["initial_lr"],
                  f"scaled x{scale:g} for the global batch {global_batch}" if scale != 1 else "as configured",
                  describe(self.total_steps, self.steps_per_epoch, t.scheduler))
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
