@@ -3,8 +3,10 @@ needs the step number.
 
 factor(step) = warmup(step) * decay(step) (detectron2's semantics: the warmup ramps whatever the
 decay says at that step, so a milestone inside the warmup is never skipped or applied twice).
-- warmup: linear from `warmup_factor` to 1 over `warmup_steps`; `auto` = 5 % of the run, at most 1000
-  steps; an explicit length longer than half the run is capped there, with a warning.
+- warmup: linear from `warmup_factor` to 1 over `warmup_steps`; `auto` = a third of the run, at most 1000
+  steps (a detector trained from scratch needs its first steps at a low lr: measured in
+  scripts/bench_accuracy.py, a 5 % warmup leaves FCOS's box loss stuck); an explicit length longer than
+  half the run is capped there, with a warning.
 - decay: cosine to `min_lr_ratio`, multistep (`milestones` as fractions of the run in (0, 1), or epochs
   for numbers >= 1), onecycle (a cosine rise over `pct_start`, then a cosine fall), or constant.
 """
@@ -20,7 +22,7 @@ from torch.optim.lr_scheduler import LambdaLR
 log = logging.getLogger(__name__)
 
 NAMES = ("cosine", "multistep", "onecycle", "constant")
-AUTO_WARMUP_FRACTION, AUTO_WARMUP_MAX, WARMUP_CAP_FRACTION = 0.05, 1000, 0.5
+AUTO_WARMUP_FRACTION, AUTO_WARMUP_MAX, WARMUP_CAP_FRACTION = 1 / 3, 1000, 0.5
 
 
 def warmup_steps(cfg: DictConfig, total_steps: int) -> int:
