@@ -387,7 +387,12 @@ class Trainer:
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"] or ckpt["model"])
         settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # parameter groups of another shape: frozen BN, other no-decay parameters
+            raise CheckpointError(f"cannot resume: the checkpoint's optimizer state does not fit this model's "
+                                  f"parameter groups ({e}); it was written by another detcli version or "
+                                  f"another backbone setting (backbone.freeze_bn, freeze_at).") from e
         self.scheduler.load_state_dict(ckpt["scheduler"])
         for group, fresh in zip(self.optimizer.param_groups, settings):
             group.update(fresh)

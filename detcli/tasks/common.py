@@ -30,7 +30,8 @@ def load_model(checkpoint: str, device: str = "auto"):
     cfg = OmegaConf.create(ckpt["config"])
     # the checkpoint holds every weight: never fetch or read the backbone's initial weights again, but
     # build the BatchNorm layers (frozen or not) the way training did
-    cfg.backbone.freeze_bn = resolve_freeze_bn(cfg.backbone.get("freeze_bn", "auto"),
+    # (a checkpoint written before backbone.freeze_bn existed trained its BatchNorm)
+    cfg.backbone.freeze_bn = resolve_freeze_bn(cfg.backbone.get("freeze_bn", False),
                                                cfg.backbone.get("pretrained", False), cfg.backbone.get("weights"))
     cfg.backbone.pretrained, cfg.backbone.weights = False, None
     meta = ckpt["meta"]

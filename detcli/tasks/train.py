@@ -81,6 +81,8 @@ def find_checkpoint(resume: str, out: Path) -> Path | None:
 def resumed_config(cfg: DictConfig, ckpt: dict, path: Path) -> DictConfig:
     """The checkpoint's config with this command's overrides; refused when the model would change."""
     stored = OmegaConf.create(ckpt["config"])
+    if "freeze_bn" not in stored.get("backbone", {}):  # written before the key existed: BatchNorm trained
+        stored.backbone.freeze_bn = False
     overrides = command_overrides(exclude=("resume",))
     if any(o.split("=")[0].lstrip("+~") == "experiment" for o in overrides):
         merged = cfg  # a whole preset was named: the command line is complete
