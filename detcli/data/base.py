@@ -15,7 +15,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from detcli.data.collate import Collate, canvas_size
 from detcli.data.sampler import EpochSampler
-from detcli.data.transforms import PAD_VALUE, train_transforms, val_transforms
+from detcli.data.transforms import PAD_VALUE, image_size_of, train_transforms, val_transforms
 from detcli.errors import ConfigError, DataError
 
 
@@ -167,7 +167,7 @@ class DetectionData:
         self.cache = cache
         self.on_bad = on_bad
         self.check_images = check_images
-        self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
+        self.image_size = image_size_of(image_size)
         self.size_divisible = size_divisible
         self.hflip = hflip
         self.batch_size = batch_size

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from detcli.data.base import read_image
 from detcli.data.collate import Collate, canvas_size
-from detcli.data.transforms import val_transforms
+from detcli.data.transforms import image_size_of, val_transforms
 from detcli.errors import DataError
 
 log = logging.getLogger("detcli")
@@ -71,16 +71,10 @@ def preprocessing(data_cfg: DictConfig, pad_value: tuple) -> tuple[v2.Transform,
     """The val transforms and the collate a (checkpoint's) data config describes, built without reading
     its dataset: `val_transforms` (else the keep-ratio resize to `image_size`), the letterbox square,
     `size_divisible`, and padding with `pad_value`."""
-    size = config_image_size(data_cfg)
+    size = image_size_of(data_cfg.image_size)
     steps = instantiate(data_cfg.val_transforms) if data_cfg.get("val_transforms") else None
     canvas = canvas_size(size, bool(data_cfg.get("letterbox", False)))
     return val_transforms(size, steps), Collate(int(data_cfg.get("size_divisible", 32)), pad_value, canvas)
-
-
-def config_image_size(data_cfg: DictConfig) -> int | tuple[int, int]:
-    """data.image_size as DetectionData takes it: an int, or (short, max)."""
-    size = data_cfg.image_size
-    return int(size) if isinstance(size, int) else tuple(int(v) for v in size)
 
 
 def dataset_ids(files: list[Path], root: Path, known: dict[str, int]) -> list[int]:

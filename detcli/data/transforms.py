@@ -20,6 +20,11 @@ from torchvision.transforms.v2 import functional as F
 PAD_VALUE = (124, 116, 104)
 
 
+def image_size_of(value) -> int | tuple[int, int]:
+    """data.image_size as a config gives it (an int, or a [short, max] list) -> an int or (short, max)."""
+    return int(value) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
 def resize(image_size) -> v2.Transform:
     """Keep-ratio resize. int N: the longer side becomes N; [short, max]: the shorter side becomes
     `short` unless the longer side would pass `max` (the detectron2 / FCOS 800x1333 rule). A letterbox

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from detcli.build import instantiate_group
 from detcli.data.collate import Collate, pad_value
-from detcli.data.images import config_image_size
+from detcli.data.transforms import image_size_of
 from detcli.errors import ConfigError, DetcliError
 from detcli.tasks.common import load_model, log, run_dir
 
@@ -62,7 +62,7 @@ def export_data_config(ckpt_cfg: DictConfig, image_size) -> DictConfig:
 
 def preprocess_spec(data_cfg: DictConfig, hw: tuple[int, int], pad: tuple) -> dict:
     """What a deployment does before and after the graph, for the `.json` sidecar."""
-    size = config_image_size(data_cfg)
+    size = image_size_of(data_cfg.image_size)
     steps = data_cfg.get("val_transforms")
     return {
         "input": {"height": hw[0], "width": hw[1], "channels": "RGB", "dtype": "float32",
@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> float:
     model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu")
     wrapper = Exportable(model).eval()
     data_cfg = export_data_config(ckpt_cfg, cfg.image_size)
-    hw = input_size(config_image_size(data_cfg), int(data_cfg.get("size_divisible", 32)))
+    hw = input_size(image_size_of(data_cfg.image_size), int(data_cfg.get("size_divisible", 32)))
     pad = pad_value(model.pixel_mean)
     sample = sample_images(data_cfg, meta, int(cfg.batch_size), hw, pad)
     with torch.no_grad():
