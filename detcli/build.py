@@ -3,8 +3,10 @@ from the part that knows them, so the YAML never repeats them."""
 
 from __future__ import annotations
 
+import inspect
+
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
 from detcli.errors import ConfigError, DetcliError
@@ -23,11 +25,22 @@ def instantiate_group(group: str, node: DictConfig, **kwargs):
         raise ConfigError(f"{group}: could not build '{target}': {cause or e}") from e
 
 
+def accepts(node: DictConfig, argument: str) -> bool:
+    """Whether the callable a config node's _target_ names takes `argument` (a structural argument is
+    injected only where a component asks for it)."""
+    try:
+        target = get_object(node["_target_"])
+    except Exception:  # noqa: BLE001 - a bad _target_ is reported by instantiate_group, naming the group
+        return False
+    return argument in inspect.signature(target).parameters
+
+
 def loss_arguments(loss_cfg: DictConfig, num_classes: int, strides: list[int]) -> dict:
     """The structural arguments of a criterion: the number of classes, and the strides for its
-    assigner when it has one (a two-stage criterion may have none, or several)."""
+    assigner when the assigner takes them (FCOS's ranges do, SimOTA reads each point's stride)."""
     kwargs = {"num_classes": num_classes}
-    if loss_cfg.get("assigner") is not None:
+    assigner = loss_cfg.get("assigner")
+    if assigner is not None and accepts(assigner, "strides"):
         kwargs["assigner"] = {"strides": strides}
     return kwargs
 

@@ -68,8 +68,11 @@ def test_image_sizes_default_to_the_input_in_training():
 
 def test_a_loss_builds_without_an_assigner():
     assert loss_arguments(OmegaConf.create({"_target_": "x"}), 3, [8, 16]) == {"num_classes": 3}
-    with_assigner = OmegaConf.create({"_target_": "x", "assigner": {"_target_": "y"}})
-    assert loss_arguments(with_assigner, 3, [8, 16]) == {"num_classes": 3, "assigner": {"strides": [8, 16]}}
+    fcos = OmegaConf.create({"_target_": "x", "assigner": {"_target_": "detcli.assigners.fcos.FCOSAssigner"}})
+    assert loss_arguments(fcos, 3, [8, 16]) == {"num_classes": 3, "assigner": {"strides": [8, 16]}}
+    # SimOTA reads each point's stride from the head: nothing to inject
+    simota = OmegaConf.create({"_target_": "x", "assigner": {"_target_": "detcli.assigners.simota.SimOTAAssigner"}})
+    assert loss_arguments(simota, 3, [8, 16]) == {"num_classes": 3}
 
 
 def _count_bn(module, cls):

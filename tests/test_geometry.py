@@ -108,3 +108,33 @@ def test_ground_truth_as_predictions_scores_map_one(tmp_path, image_size, letter
     loader = data.val_loader(data.dataset("val"))
     metrics = evaluate(GroundTruth(loader), loader, torch.device("cpu"))
     assert metrics["map"] == pytest.approx(1.0) and metrics["map_75"] == pytest.approx(1.0)
+
+
+def test_multiscale_batches_keep_boxes_sizes_and_padding_exact(tmp_path):
+    """data.multiscale: each training batch takes one side from the range (seeded by its first sample, so a
+    replay gets the same), and boxes, content sizes and scales follow the resize exactly."""
+    from detcli.data.collate import Collate
+
+    data = nonsquare_coco(tmp_path, train_ann=str(tmp_path / "val.json"), train_images=str(tmp_path),
+                          image_size=128, letterbox=True, hflip=0.0, multiscale=[64, 192])
+    ds = data.dataset("train")
+    plain = Collate(32, PAD_VALUE, (128, 128))
+    multi = Collate(32, PAD_VALUE, (128, 128), multiscale=(64, 192, 128))
+    sides = set()
+    for seed in range(12):
+        samples = [ds[(i, seed * 10 + i)] for i in range(len(SHAPES))]
+        ref, got = plain(samples), multi(samples)
+        assert got["images"].dtype == torch.uint8
+        side = got["images"].shape[-1]
+        sides.add(side)
+        assert got["images"].shape[-2:] == (side, side) and side in (64, 96, 128, 160, 192)
+        f = side / 128
+        assert torch.allclose(got["boxes"], ref["boxes"] * f)
+        assert torch.equal(got["image_sizes"], (ref["image_sizes"] * f).round().long())
+        assert torch.allclose(got["scale"], ref["scale"] * f)
+        h, w = got["image_sizes"][0].tolist()  # the padding keeps the pad value
+        assert (got["images"][0, :, h:] == torch.tensor(PAD_VALUE, dtype=torch.uint8).view(3, 1, 1)).all()
+        assert torch.equal(multi(samples)["images"], got["images"])  # the same batch draws the same side
+    assert len(sides) >= 3
+    with pytest.raises(Exception, match="data.multiscale"):
+        nonsquare_coco(tmp_path, multiscale=[200, 100])

@@ -92,3 +92,10 @@ def test_defaults_fit_a_run_of_any_length(length):
     assert peak <= 0.34 * total  # the warmup is at most a third of the run
     assert factors[total // 2] == pytest.approx(0.5 * (1 + t.scheduler.min_lr_ratio), rel=0.05)
     assert factors[-1] <= 1.01 * t.scheduler.min_lr_ratio  # fully decayed at the end of this run
+
+
+def test_warmup_in_epochs():
+    # YOLOX's 5 warmup epochs at 100 steps per epoch: 500 steps, whatever warmup_steps says; capped like steps
+    assert warmup_steps(cfg(warmup_epochs=5, warmup_steps=7), 30_000, steps_per_epoch=100) == 500
+    assert warmup_steps(cfg(warmup_epochs=5), 600, steps_per_epoch=100) == 300
+    assert lr_factor(250, 30_000, 100, cfg(warmup_epochs=5, name="constant")) == pytest.approx(0.1 * 0.5 + 0.5)

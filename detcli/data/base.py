@@ -51,12 +51,15 @@ class DetectionDataset(Dataset):
         self.train = train
         self.mosaic, self.mixup, self.mosaic_size, self.close_mosaic = mosaic, mixup, mosaic_size, close_mosaic
         self.mosaic_on = mosaic > 0
+        self.final_phase = False
         self.cache = _read_all([self.image_dir / r.file_name for r in records]) if cache else None
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Mosaic and mixup stop for the last `close_mosaic` epochs (the loader's workers start each
-        epoch anew, so they see this)."""
-        self.mosaic_on = self.mosaic > 0 and epoch < epochs - self.close_mosaic
+        epoch anew, so they see this). Those epochs are the run's final phase, in which a criterion may
+        change its terms (YOLOX's L1 term)."""
+        self.final_phase = self.close_mosaic > 0 and epoch >= epochs - self.close_mosaic
+        self.mosaic_on = self.mosaic > 0 and not self.final_phase
 
     def __len__(self) -> int:
         return len(self.records)
@@ -99,7 +102,7 @@ class DetectionDataset(Dataset):
             H, W = image.shape[-2:]
             target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(H, W)), "labels": labels}
             image, target = self.transforms(tv_tensors.Image(image), target)
-        meta = {"image_id": rec.image_id, "file_name": rec.file_name, "orig_size": (H, W)}
+        meta = {"image_id": rec.image_id, "file_name": rec.file_name, "orig_size": (H, W), "seed": sample_seed}
         if not self.train:
             meta["gt"] = {
                 "boxes": torch.from_numpy((rec.boxes * scale).astype(np.float32)),
@@ -159,10 +162,14 @@ class DetectionData:
         mosaic: float = 0.0,
         mixup: float = 0.0,
         close_mosaic: int = 0,
+        multiscale: list[int] | None = None,
         cache: bool = False,
     ):
         self.steps = {"train": train_transforms, "val": val_transforms}
         self.letterbox = letterbox
+        if multiscale is not None and (len(multiscale) != 2 or not 0 < multiscale[0] <= multiscale[1]):
+            raise ConfigError(f"data.multiscale must be null or [min, max] sides with 0 < min <= max, got {multiscale}")
+        self.multiscale = tuple(int(v) for v in multiscale) if multiscale is not None else None
         self.augment = {"mosaic": mosaic, "mixup": mixup, "close_mosaic": close_mosaic}
         self.cache = cache
         self.on_bad = on_bad
@@ -249,7 +256,10 @@ class DetectionData:
                      pad_value: tuple = PAD_VALUE) -> DataLoader:
         """pad_value: RGB 0-255 the batches are padded with; give the model's mean (collate.pad_value)."""
         sampler = EpochSampler(len(dataset), seed, shuffle=True, rank=rank, world_size=world_size)
-        return self._loader(dataset, sampler, self.batch_size, drop_last=True, pad_value=pad_value)
+        base = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
+        multiscale = (*self.multiscale, base) if self.multiscale else None
+        return self._loader(dataset, sampler, self.batch_size, drop_last=True, pad_value=pad_value,
+                            multiscale=multiscale)
 
     def val_loader(self, dataset: DetectionDataset, rank: int = 0, world_size: int = 1,
                    pad_value: tuple = PAD_VALUE) -> DataLoader:
@@ -257,7 +267,7 @@ class DetectionData:
         return self._loader(dataset, sampler, self.val_batch_size, drop_last=False, pad_value=pad_value)
 
     def _loader(self, dataset, sampler, batch_size: int, drop_last: bool,
-                pad_value: tuple = PAD_VALUE) -> DataLoader:
+                pad_value: tuple = PAD_VALUE, multiscale: tuple | None = None) -> DataLoader:
         from detcli.engine.signals import WorkerSignals
 
         return DataLoader(
@@ -265,7 +275,7 @@ class DetectionData:
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=Collate(self.size_divisible, pad_value, canvas_size(self.image_size, self.letterbox)),
+            collate_fn=Collate(self.size_divisible, pad_value, canvas_size(self.image_size, self.letterbox), multiscale),
             pin_memory=self.pin_memory,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(0),  # worker seeds never draw from the global RNG

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from detcli.data.transforms import PAD_VALUE
@@ -62,12 +63,40 @@ def pad_value(pixel_mean: Tensor) -> tuple[int, int, int]:
     return tuple(round(v) for v in pixel_mean.flatten().tolist())
 
 
+def rescale(batch: dict, side: int, base: int, size_divisible: int, pad_value: tuple) -> dict:
+    """Multi-scale training (YOLOX): the whole padded batch resized by side / base (bilinear), its padded
+    size rounded up to a multiple of `size_divisible`; boxes, content sizes and scales follow exactly."""
+    H, W = batch["images"].shape[-2:]
+    H2, W2 = (math.ceil(n * side / base / size_divisible) * size_divisible for n in (H, W))
+    fy, fx = H2 / H, W2 / W
+    images = F.interpolate(batch["images"].float(), size=(H2, W2), mode="bilinear", align_corners=False)
+    sizes = (batch["image_sizes"] * torch.tensor([fy, fx])).round().long()  # (B, 2)
+    pad = torch.tensor(pad_value, dtype=torch.float32).view(1, 3, 1, 1)
+    rows = torch.arange(H2)[None, :, None] < sizes[:, 0, None, None]  # (B, H2, 1)
+    cols = torch.arange(W2)[None, None, :] < sizes[:, 1, None, None]  # (B, 1, W2)
+    images = torch.where((rows & cols)[:, None], images, pad)  # padding stays the pad value exactly
+    factor = torch.tensor([fx, fy, fx, fy])
+    return {**batch, "images": images.round().clamp(0, 255).to(torch.uint8), "boxes": batch["boxes"] * factor,
+            "image_sizes": sizes, "scale": batch["scale"] * factor}
+
+
 class Collate:
-    """collate with fixed arguments, picklable for the loader's workers."""
+    """collate with fixed arguments, picklable for the loader's workers. `multiscale` = (lo, hi, base):
+    each batch is rescaled to a side drawn from lo..hi (multiples of size_divisible) over base, the draw
+    seeded by the batch's first sample (so a resumed run sees the same sizes)."""
 
     def __init__(self, size_divisible: int = 32, pad_value: tuple = PAD_VALUE,
-                 canvas: tuple[int, int] | None = None):
+                 canvas: tuple[int, int] | None = None, multiscale: tuple[int, int, int] | None = None):
         self.size_divisible, self.pad_value, self.canvas = size_divisible, tuple(pad_value), canvas
+        self.multiscale = multiscale
 
     def __call__(self, samples: list) -> dict:
-        return collate(samples, self.size_divisible, self.pad_value, self.canvas)
+        batch = collate(samples, self.size_divisible, self.pad_value, self.canvas)
+        seed = samples[0][2].get("seed")
+        if self.multiscale is None or seed is None:
+            return batch
+        lo, hi, base = self.multiscale
+        d = self.size_divisible
+        sides = list(range(math.ceil(lo / d) * d, hi + 1, d)) or [base]
+        side = sides[int(torch.randint(len(sides), (), generator=torch.Generator().manual_seed(seed + 1)))]
+        return batch if side == base else rescale(batch, side, base, d, self.pad_value)

@@ -3,7 +3,7 @@ needs the step number.
 
 factor(step) = warmup(step) * decay(step) (detectron2's semantics: the warmup ramps whatever the
 decay says at that step, so a milestone inside the warmup is never skipped or applied twice).
-- warmup: linear from `warmup_factor` to 1 over `warmup_steps`; `auto` = a third of the run, at most 1000
+- warmup: linear from `warmup_factor` to 1 over `warmup_steps` (or `warmup_epochs`); `auto` = a third of the run, at most 1000
   steps (a detector trained from scratch needs its first steps at a low lr: measured in
   scripts/bench_accuracy.py, a 5 % warmup leaves FCOS's box loss stuck); an explicit length longer than
   half the run is capped there, with a warning.
@@ -25,9 +25,11 @@ NAMES = ("cosine", "multistep", "onecycle", "constant")
 AUTO_WARMUP_FRACTION, AUTO_WARMUP_MAX, WARMUP_CAP_FRACTION = 1 / 3, 1000, 0.5
 
 
-def warmup_steps(cfg: DictConfig, total_steps: int) -> int:
-    """The warmup length this run uses (see the module docstring)."""
-    value = cfg.get("warmup_steps", "auto")
+def warmup_steps(cfg: DictConfig, total_steps: int, steps_per_epoch: int = 1) -> int:
+    """The warmup length this run uses (see the module docstring); `warmup_epochs`, when set, gives it in
+    epochs instead (YOLOX: 5)."""
+    epochs = cfg.get("warmup_epochs")
+    value = round(float(epochs) * steps_per_epoch) if epochs is not None else cfg.get("warmup_steps", "auto")
     if value is None or value == "auto":
         return min(AUTO_WARMUP_MAX, round(AUTO_WARMUP_FRACTION * total_steps))
     if isinstance(value, str) or int(value) < 0:
@@ -66,7 +68,7 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: DictConfig
     if cfg.name not in NAMES:
         raise ValueError(f"trainer.scheduler.name must be one of {NAMES}, got '{cfg.name}'")
     factor = decay_factor(step, total_steps, steps_per_epoch, cfg)
-    warmup = 0 if cfg.name == "onecycle" else warmup_steps(cfg, total_steps)  # onecycle's rise is its warmup
+    warmup = 0 if cfg.name == "onecycle" else warmup_steps(cfg, total_steps, steps_per_epoch)  # onecycle: its rise
     if step < warmup:
         alpha = step / warmup
         factor *= cfg.warmup_factor * (1 - alpha) + alpha
@@ -75,7 +77,7 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: DictConfig
 
 def describe(total_steps: int, steps_per_epoch: int, cfg: DictConfig) -> str:
     """One line for the log: what the schedule does over this run."""
-    warmup = 0 if cfg.name == "onecycle" else warmup_steps(cfg, total_steps)
+    warmup = 0 if cfg.name == "onecycle" else warmup_steps(cfg, total_steps, steps_per_epoch)
     text = f"{cfg.name} over {total_steps} steps, warmup {warmup} steps"
     if cfg.name == "multistep":
         text += f", x{cfg.gamma} at steps {milestone_steps(cfg.milestones, total_steps, steps_per_epoch)}"
@@ -87,10 +89,12 @@ def describe(total_steps: int, steps_per_epoch: int, cfg: DictConfig) -> str:
 def check(cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> None:
     """Raise ValueError for settings that cannot work, warn for ones that silently would not fit the run."""
     lr_factor(0, total_steps, steps_per_epoch, cfg)
-    value = cfg.get("warmup_steps", "auto")
-    if value not in (None, "auto") and int(value) > WARMUP_CAP_FRACTION * total_steps:
-        log.warning("trainer.scheduler.warmup_steps=%s is more than half of the %d-step run: capped at %d",
-                    value, total_steps, warmup_steps(cfg, total_steps))
+    key = "warmup_epochs" if cfg.get("warmup_epochs") is not None else "warmup_steps"
+    value = cfg.get(key, "auto")
+    asked = round(float(value) * steps_per_epoch) if key == "warmup_epochs" else value
+    if asked not in (None, "auto") and int(asked) > WARMUP_CAP_FRACTION * total_steps:
+        log.warning("trainer.scheduler.%s=%s is more than half of the %d-step run: capped at %d steps",
+                    key, value, total_steps, warmup_steps(cfg, total_steps, steps_per_epoch))
     if cfg.name == "multistep":
         late = [m for m, s in zip(cfg.milestones, milestone_steps(cfg.milestones, total_steps, steps_per_epoch))
                 if s >= total_steps]

@@ -180,10 +180,12 @@ class Trainer:
         """One optimizer step over `accumulate` batches; the detached loss terms, or None when the
         step was skipped for a non-finite loss (trainer.on_nonfinite=skip)."""
         self.net.train()
-        self.model.progress = TrainingProgress(self.step, self.total_steps, self.epoch, self.epochs)
         totals: dict[str, Tensor] = {}
         for i in range(self.accumulate):
             batch = next(batches)
+            if i == 0:  # after the first batch: a step that opens an epoch sees that epoch's phase
+                self.model.progress = TrainingProgress(self.step, self.total_steps, self.epoch, self.epochs,
+                                                       getattr(self.train_loader.dataset, "final_phase", False))
             images = batch["images"].to(self.device, non_blocking=True)
             if self.t.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -1,5 +1,5 @@
-"""FCOS criterion: assign, then focal + GIoU + centerness BCE, each summed and divided by the
-number of positives (summed over ranks under DDP). Dense and masked: no host sync, no per-image loop.
+"""FCOS criterion: assign, then focal + GIoU (loss.cls_loss, loss.box_loss) + centerness BCE, each
+summed and divided by the number of positives (summed over ranks under DDP). Dense and masked: no host sync, no per-image loop.
 
 Naming: B = images, R = points, C = classes, M = gt boxes per image (padded).
 """
@@ -7,21 +7,11 @@ Naming: B = images, R = points, C = classes, M = gt boxes per image (padded).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from detcli.losses.terms import BOX_LOSSES, CLASS_LOSSES, box_loss, check_choice, class_loss, num_positives
 from detcli.ops.points import boxes_to_ltrb, ltrb_to_boxes
-
-
-def num_positives(fg: Tensor) -> Tensor:
-    """Positives per process, averaged over ranks so that every rank divides by the same number."""
-    n = fg.sum().float()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return n.clamp(min=1.0)
 
 
 def centerness_target(ltrb: Tensor) -> Tensor:
@@ -38,6 +28,8 @@ class FCOSCriterion(nn.Module):
         self,
         num_classes: int,
         assigner: nn.Module,
+        box_loss: str = "giou",
+        cls_loss: str = "focal",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         box_weight: float = 1.0,
@@ -46,6 +38,8 @@ class FCOSCriterion(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.assigner = assigner
+        self.box_loss = check_choice("loss.box_loss", box_loss, BOX_LOSSES)
+        self.cls_loss = check_choice("loss.cls_loss", cls_loss, CLASS_LOSSES)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.box_weight = box_weight
@@ -77,13 +71,11 @@ class FCOSCriterion(nn.Module):
 
         onehot = torch.zeros_like(cls_logits)
         onehot.scatter_(2, tgt_labels[..., None], fg[..., None].to(onehot.dtype))  # (B, R, C)
-        loss_cls = sigmoid_focal_loss(
-            cls_logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
-        )
+        loss_cls = class_loss(self.cls_loss, cls_logits, onehot, self.focal_alpha, self.focal_gamma).sum()
 
         pred_boxes = ltrb_to_boxes(points, bbox_reg)  # (B, R, 4)
-        giou = generalized_box_iou_loss(pred_boxes, tgt_boxes, reduction="none")  # (B, R)
-        loss_box = torch.where(fg, giou, torch.zeros_like(giou)).sum()
+        box = box_loss(self.box_loss, pred_boxes, tgt_boxes)  # (B, R)
+        loss_box = torch.where(fg, box, torch.zeros_like(box)).sum()
 
         ctr_target = centerness_target(boxes_to_ltrb(points, tgt_boxes))  # (B, R)
         bce = F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="none")  # (B, R)

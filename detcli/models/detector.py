@@ -20,13 +20,15 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class TrainingProgress:
-    """Where the run is, for criteria whose terms change during training (YOLOX's L1 term switches on
-    for the last epochs). `fraction` is step / total_steps."""
+    """Where the run is, for criteria whose terms change during training. `fraction` is
+    step / total_steps; `final_phase` is set in the last epochs, when the training data turns its strong
+    augmentation off (data.close_mosaic), where YOLOX switches its L1 term on."""
 
     step: int = 0
     total_steps: int = 1
     epoch: int = 0
     epochs: int = 1
+    final_phase: bool = False
 
     @property
     def fraction(self) -> float:

@@ -1,4 +1,5 @@
-"""Decoding of dense predictions into detections, for the whole batch at once.
+"""From head outputs to detections, for the whole batch at once: the shared NMS and the one-stage
+selection (top-k per level, threshold, NMS); each head's own decoding (scores, boxes) beside its head.
 
 The output has a fixed shape, (B, max_det) per image padded with score 0 and label -1, so the same
 code runs in training-time evaluation, predict and the exported ONNX graph (dynamic batch axis).
@@ -11,8 +12,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
-
-from detcli.ops.points import ltrb_to_boxes
 
 
 class BatchedNMS(torch.autograd.Function):
@@ -72,8 +71,10 @@ def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     return torch.minimum(boxes.clamp(min=0), upper)
 
 
-class FCOSPostprocess(nn.Module):
-    """score = sqrt(sigmoid(cls) * sigmoid(centerness)); top-k per level, threshold, NMS, max_det."""
+class DensePostprocess(nn.Module):
+    """Detections from the dense per-point predictions of a one-stage head: the best `topk_per_level`
+    (point, class) scores of each level, clipped boxes, a score threshold, class-wise NMS, `max_det`.
+    A head's postprocess defines `scores_and_boxes` (its decoding) and inherits the rest."""
 
     def __init__(
         self,
@@ -90,12 +91,13 @@ class FCOSPostprocess(nn.Module):
         self.nms_thresh = nms_thresh
         self.max_det = max_det
 
+    def scores_and_boxes(self, preds: dict) -> tuple[Tensor, Tensor]:
+        """The head's decoding: scores (B, R, C) in [0, 1] and boxes (B, R, 4) x1y1x2y2 in input pixels."""
+        raise NotImplementedError
+
     def forward(self, preds: dict, image_sizes: Tensor) -> dict[str, Tensor]:
         C = self.num_classes
-        scores = torch.sqrt(
-            preds["cls_logits"].float().sigmoid() * preds["centerness"].float().sigmoid()[..., None]
-        )  # (B, R, C)
-        boxes = ltrb_to_boxes(preds["points"], preds["bbox_reg"].float())  # (B, R, 4)
+        scores, boxes = self.scores_and_boxes(preds)  # (B, R, C), (B, R, 4)
         cand_boxes, cand_scores, cand_labels = [], [], []
         start = 0
         for n in preds["level_sizes"]:
@@ -110,3 +112,12 @@ class FCOSPostprocess(nn.Module):
         scores = torch.cat(cand_scores, 1)  # (B, K)
         scores = torch.where(scores >= self.score_thresh, scores, torch.full_like(scores, -1.0))
         return nms_topk(boxes, scores, torch.cat(cand_labels, 1), self.nms_thresh, self.max_det, C)
+
+
+def __getattr__(name: str):
+    """Checkpoints written before the FCOS decoding moved beside its head name it here."""
+    if name == "FCOSPostprocess":
+        from detcli.models.heads.fcos import FCOSPostprocess
+
+        return FCOSPostprocess
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

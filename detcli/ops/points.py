@@ -30,3 +30,40 @@ def ltrb_to_boxes(points: Tensor, ltrb: Tensor) -> Tensor:
 def boxes_to_ltrb(points: Tensor, boxes: Tensor) -> Tensor:
     """Inverse of ltrb_to_boxes: points (R, 2) [broadcast], boxes (..., 4) -> distances (..., 4)."""
     return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+
+
+def offsets_to_boxes(points: Tensor, strides: Tensor, reg: Tensor) -> Tensor:
+    """YOLOX's coder: (dx, dy, log w, log h) in units of the point's stride (..., R, 4), points (R, 2) and
+    strides (R,) -> boxes (..., R, 4) as x1y1x2y2 with centre point + d * stride, size exp(log) * stride.
+
+    YOLOX offsets from the cell's corner; detcli's points are cell centres, so dx here is YOLOX's - 0.5.
+    """
+    s = strides[:, None]  # (R, 1)
+    centre = points + reg[..., :2] * s  # (..., R, 2)
+    half = reg[..., 2:].clamp(max=10.0).exp() * s / 2  # (..., R, 2); e^10 strides: no overflow to inf
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def boxes_to_offsets(points: Tensor, strides: Tensor, boxes: Tensor, eps: float = 1e-8) -> Tensor:
+    """Inverse of offsets_to_boxes (the L1 target): boxes (..., R, 4) -> (dx, dy, log w, log h) (..., R, 4)."""
+    s = strides[:, None]  # (R, 1)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (..., R, 2)
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)  # (..., R, 2)
+    return torch.cat([(centre - points) / s, torch.log(size / s + eps)], dim=-1)
+
+
+class PointGrid:
+    """grid_points for a head's strides, cached per feature sizes and device (they are constants of the
+    input size); recomputed when tracing or exporting so the graph holds the ops, not a constant."""
+
+    def __init__(self, strides: list[int]):
+        self.strides = list(strides)
+        self._cache: dict = {}
+
+    def __call__(self, sizes: list[tuple[int, int]], device) -> tuple[Tensor, Tensor]:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return grid_points(sizes, self.strides, device)
+        key = (tuple(sizes), str(device))
+        if key not in self._cache:
+            self._cache = {key: grid_points(sizes, self.strides, device)}
+        return self._cache[key]

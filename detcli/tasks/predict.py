@@ -33,12 +33,15 @@ def run(cfg: DictConfig) -> int:
     out = run_dir()
     model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device)
     model.postprocess.max_det = int(cfg.predict.max_det)
+    thresh = float(cfg.predict.score_thresh)
+    # a threshold below the model's own candidate threshold lowers it: predict.score_thresh=0 keeps everything
+    model.postprocess.score_thresh = min(float(model.postprocess.score_thresh), thresh)
     files = find_images(str(cfg.source))
     transforms, collate = preprocessing(ckpt_cfg.data, pad_value(model.pixel_mean))
     ids = image_ids(files, str(cfg.source), cfg.predict.get("ann"), ckpt_cfg, meta["cat_ids"])
     loader = DataLoader(ImageFiles(files, transforms, ids), batch_size=int(cfg.batch_size), collate_fn=collate)
     names, cat_ids = meta["class_names"], meta["cat_ids"]
-    results, thresh = [], float(cfg.predict.score_thresh)
+    results = []
     for batch, dets in run_inference(model, loader, device):
         for m, d in zip(batch["meta"], dets):
             keep = d["scores"] >= thresh

@@ -1,5 +1,6 @@
 """FCOS head (Tian et al. 2019): predicts only. Assignment and losses live in detcli/assigners and
-detcli/losses, decoding in detcli/models/postprocess.py.
+detcli/losses; the decoding (FCOSPostprocess) is below, the shared selection and NMS in
+detcli/models/postprocess.py.
 
 Naming: B = images, R = points over all levels, C = classes, A = channels.
 """
@@ -12,7 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from detcli.ops.points import grid_points
+from detcli.models.postprocess import DensePostprocess
+from detcli.ops.points import PointGrid, ltrb_to_boxes
 
 
 def _tower(channels: int, num_convs: int, groups: int) -> nn.Sequential:
@@ -43,7 +45,7 @@ class FCOSHead(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
+        in_channels: int | list[int],
         strides: list[int],
         num_classes: int,
         num_convs: int = 4,
@@ -51,6 +53,13 @@ class FCOSHead(nn.Module):
         prior_prob: float = 0.01,
     ):
         super().__init__()
+        if not isinstance(in_channels, int):  # a neck may advertise one count per level
+            if len(set(in_channels)) != 1:
+                raise ValueError(
+                    "head=fcos shares its towers across levels and needs one channel count for every level; "
+                    f"the neck gives {list(in_channels)}: use neck=fpn, or a neck with equal channels"
+                )
+            in_channels = in_channels[0]
         self.num_classes = num_classes
         self.strides = list(strides)
         self.cls_tower = _tower(in_channels, num_convs, norm_groups)
@@ -65,7 +74,7 @@ class FCOSHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
         self.grad_checkpointing = False
-        self._points_cache: dict = {}
+        self.grid = PointGrid(self.strides)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -83,7 +92,7 @@ class FCOSHead(nn.Module):
             box_out.append(box.flatten(2))  # (B, 4, h*w)
             ctr_out.append(ctr.flatten(2))  # (B, 1, h*w)
         sizes = [tuple(f.shape[-2:]) for f in feats]
-        points, strides = self.points(sizes, feats[0].device)
+        points, strides = self.grid(sizes, feats[0].device)
         return {
             "cls_logits": torch.cat(cls_out, 2).transpose(1, 2),  # (B, R, C)
             "bbox_reg": torch.cat(box_out, 2).transpose(1, 2),  # (B, R, 4)
@@ -100,11 +109,12 @@ class FCOSHead(nn.Module):
         ltrb = torch.relu(scale(self.bbox_pred(box_feat))) * stride  # (B, 4, h, w)
         return self.cls_logits(cls_feat), ltrb, self.centerness(box_feat)
 
-    def points(self, sizes: list[tuple[int, int]], device) -> tuple[Tensor, Tensor]:
-        """Grid points for these feature sizes, cached (they are constants of the input size)."""
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return grid_points(sizes, self.strides, device)
-        key = (tuple(sizes), str(device))
-        if key not in self._points_cache:
-            self._points_cache = {key: grid_points(sizes, self.strides, device)}
-        return self._points_cache[key]
+
+class FCOSPostprocess(DensePostprocess):
+    """score = sqrt(sigmoid(cls) * sigmoid(centerness)), boxes from the l,t,r,b distances."""
+
+    def scores_and_boxes(self, preds: dict) -> tuple[Tensor, Tensor]:
+        scores = torch.sqrt(
+            preds["cls_logits"].float().sigmoid() * preds["centerness"].float().sigmoid()[..., None]
+        )  # (B, R, C)
+        return scores, ltrb_to_boxes(preds["points"], preds["bbox_reg"].float())  # (B, R, 4)

@@ -1,0 +1,125 @@
+"""The YOLOX head and its configs: shapes over several backbones and both necks, bias init, grad
+checkpointing, the head's defaults, the published recipes, and an overfit check."""
+
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torchmetrics.detection import MeanAveragePrecision
+
+from detcli.build import build_model
+from detcli.cli import config_dir
+from detcli.data.collate import collate
+from detcli.errors import ConfigError
+from detcli.models.heads.yolox import YOLOXHead
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", list(overrides))
+
+
+@pytest.mark.parametrize(("backbone", "neck"), [("resnet18", "pafpn"), ("cs3darknet_s", "pafpn"),
+                                                ("convnext_tiny", "pafpn"), ("resnet18", "fpn")])
+def test_yolox_outputs_over_backbones_and_necks(backbone, neck):
+    cfg = compose_train("head=yolox", f"backbone={backbone}", f"neck={neck}")
+    model = build_model(cfg, num_classes=4)
+    x = torch.rand(2, 3, 96, 128) * 255
+    feats = model.features(x)
+    preds = model.head(feats)
+    sizes = [f.shape[-2:] for f in feats]
+    R = sum(h * w for h, w in sizes)
+    assert [f.shape[-1] for f in feats] == [128 // s for s in model.neck.strides]
+    assert preds["cls_logits"].shape == (2, R, 4) and preds["box_offsets"].shape == (2, R, 4)
+    assert preds["objectness"].shape == (2, R) and preds["points"].shape == (R, 2)
+    assert preds["level_sizes"] == [h * w for h, w in sizes]
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out["boxes"].shape == (2, 100, 4) and out["labels"].shape == (2, 100)
+
+
+def test_stems_take_per_level_channels_and_biases_start_at_the_prior():
+    head = YOLOXHead([64, 128, 256], [8, 16, 32], num_classes=3)
+    assert [s[0].in_channels for s in head.stems] == [64, 128, 256]
+    assert all(s[0].out_channels == 64 for s in head.stems)  # channels: null -> the smallest level width
+    prior = -math.log(99.0)
+    assert all(torch.allclose(p.bias, torch.full_like(p.bias, prior)) for p in (*head.cls_preds, *head.obj_preds))
+    feats = [torch.randn(1, c, 32 // (2**i), 32 // (2**i)) for i, c in enumerate([64, 128, 256])]
+    assert YOLOXHead([64, 128, 256], [8, 16, 32], 3, channels=32, depthwise=True)(feats)["cls_logits"].shape == (
+        1, 32 * 32 + 16 * 16 + 8 * 8, 3)
+
+
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    head = YOLOXHead(32, [8, 16], num_classes=2).train()
+    feats = [torch.randn(2, 32, 8, 8, requires_grad=True), torch.randn(2, 32, 4, 4, requires_grad=True)]
+    outs = []
+    for enable in (False, True):
+        head.set_grad_checkpointing(enable)
+        head.zero_grad()
+        preds = head(feats)
+        loss = preds["cls_logits"].square().sum() + preds["box_offsets"].sum() + preds["objectness"].sum()
+        loss.backward()
+        outs.append((loss.detach(), [p.grad.clone() for p in head.parameters()]))
+    assert torch.allclose(outs[0][0], outs[1][0])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs[0][1], outs[1][1]))
+
+
+def test_head_brings_pafpn_and_the_yolox_loss_and_postprocess():
+    cfg = compose_train("head=yolox")
+    assert cfg.neck._target_.endswith("PAFPN") and cfg.loss._target_.endswith("YOLOXCriterion")
+    assert cfg.loss.assigner._target_.endswith("SimOTAAssigner")
+    assert cfg.postprocess._target_.endswith("YOLOXPostprocess")
+    assert compose_train("head=yolox", "neck=fpn").neck._target_.endswith(".FPN")
+
+
+def test_fcos_on_pafpn_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="shares its towers across levels"):
+        build_model(compose_train("neck=pafpn"), num_classes=3)
+
+
+def test_yolox_s_recipe_is_the_published_one():
+    cfg = compose_train("experiment=yolox_s")
+    t = cfg.trainer
+    assert cfg.backbone.name == "cs3darknet_s" and (cfg.neck.width, cfg.neck.depth) == (0.5, 0.33)
+    assert t.optimizer.nesterov and t.optimizer.momentum == 0.9 and t.optimizer.weight_decay == 5e-4
+    assert t.optimizer.lr == 0.01 and t.base_batch_size == 64 and t.scale_lr  # 0.01 x batch / 64
+    assert t.scheduler.name == "cosine" and t.scheduler.warmup_epochs == 5 and t.scheduler.min_lr_ratio == 0.05
+    assert t.ema.decay == 0.9998 and t.epochs == 300
+    d = cfg.data
+    assert d.mosaic == 1.0 and d.mixup == 1.0 and d.close_mosaic == 15 and list(d.multiscale) == [448, 832]
+    assert d.image_size == 640 and d.letterbox and cfg.loss.use_l1 == "auto"
+    m = compose_train("experiment=yolox_m")
+    assert m.backbone.name == "cs3darknet_m" and (m.neck.width, m.neck.depth) == (0.75, 0.67)
+    assert m.trainer.optimizer.nesterov and m.data.close_mosaic == 15
+
+
+def test_yolox_overfits_four_images(cache_dir):
+    torch.manual_seed(0)
+    cfg = compose_train("experiment=toy", "head=yolox", "data.num_train=32", "data.num_val=8", "data.hflip=0")
+    data = instantiate(cfg.data)
+    ds = data.dataset("train")
+    batch = collate([ds[i] for i in range(4)])
+    model = build_model(cfg, data.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
+    model.train()
+    first = None
+    for _ in range(120):
+        loss = sum(model(batch["images"], targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.3 * first
+    model.eval()
+    with torch.no_grad():
+        dets = model(batch["images"], image_sizes=batch["image_sizes"])
+    metric = MeanAveragePrecision(box_format="xyxy", backend="faster_coco_eval")
+    metric.update([{"boxes": b[lab >= 0], "scores": s[lab >= 0], "labels": lab[lab >= 0]}
+                   for b, s, lab in zip(dets["boxes"], dets["scores"], dets["labels"])],
+                  [{"boxes": b[lab >= 0], "labels": lab[lab >= 0]} for b, lab in zip(batch["boxes"], batch["labels"])])
+    assert metric.compute()["map_50"] > 0.9
