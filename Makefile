@@ -35,9 +35,13 @@ test-all: install
 lint: install
 	$(BIN)/ruff check detcli tests scripts
 
+# the benchmarks' peers (ultralytics) are the optional `bench` extra, installed here only
 bench: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_train.py --head yolox
 	$(BIN)/python scripts/bench_infer.py
+	$(BIN)/python scripts/bench_infer.py --head yolox
 	$(BIN)/python scripts/bench_memory.py
 	$(BIN)/python scripts/bench_data.py
 	$(BIN)/python scripts/bench_accuracy.py

@@ -1,13 +1,32 @@
-"""Accuracy at a fixed budget: FCOS-R18 trained from scratch on real aerial photos (tree crowns in NEON
-RGB tiles, shipped inside the `deepforest` wheel) by (a) detcli's defaults before this issue (commit
-170e363, run from a git worktree), (b) detcli's current defaults and (c) torchvision's FCOS with its
-reference recipe; all three scored on the same held-out split by the same COCO mAP.
+"""Accuracy at a fixed budget: detectors trained from random init on real aerial photos (tree crowns in
+NEON RGB tiles, shipped inside the `deepforest` wheel), all scored on the same held-out split by the same
+COCO mAP. The runs (`--runs`, a comma list; default all five):
 
-Each tool trains with its own defaults: detcli (a) and (b) are given only the data, the image size, the
-batch and the number of steps (plus the device, data workers and one evaluation at the end); torchvision
+- before: detcli FCOS-R18 with its defaults before this issue (commit 170e363, run from a git worktree)
+- after: detcli FCOS-R18 with its current defaults
+- torchvision: torchvision's FCOS-R18 with its reference recipe
+- yolox: detcli `head=yolox` with its defaults (its PAFPN neck and loss) on the same resnet18
+- ultralytics: ultralytics' YOLOv8n from yolov8n.yaml (random init, no weights file) with its defaults
+
+Each tool trains with its own defaults: detcli (before, after, yolox) is given only the data, the image
+size, the batch and the number of steps (plus the device, data workers and one evaluation at the end;
+the same overrides for all three, backbone=resnet18 included, and `head=yolox` for yolox); torchvision
 gets its reference recipe (SGD momentum 0.9, weight decay 1e-4, lr 0.01, linear warmup over 10 % of the
 steps then cosine to 0, horizontal flip 0.5, its own internal resize) and the same images, image size,
-batch and steps. torchvision's detections are scored with the metric detcli's evaluator uses
+batch and steps. ultralytics trains through `YOLO("yolov8n.yaml").train(...)` given only the same data
+(a YOLO-format view of the tiles: hard links, or copies across file systems, label files and a
+data.yaml, written to <cache>/<dataset>_yolo; the COCO files are only read), image size, batch, device
+and workers; all else is its own default (optimizer auto, warmup, mosaic, close_mosaic, EMA, a nominal
+batch of 64 reached by gradient accumulation), except what keeps it offline and alike: pretrained=False,
+plots=False, its AMP self-test skipped (it downloads yolo26n.pt; AMP stays its default: on a GPU only),
+and val=False (it validates once, at the end, as detcli does). It counts in epochs: epochs =
+ceil(steps / ceil(train tiles / batch)), so it runs at least as many batches as detcli (1207 for 1200
+at 133 tiles and batch 8); its accumulation makes that fewer optimizer updates (the JSON records both).
+On CPU it loads data in the main process (it sets workers=0 there), and its thread count is set to the
+other runs' (--threads, else torch's default). Its last.pt (EMA weights) then predicts on the val tiles
+at its validation defaults (conf 0.001, iou 0.7, max_det 300) at the same image size.
+
+torchvision's and ultralytics' detections are scored with the metric detcli's evaluator uses
 (torchmetrics MeanAveragePrecision, faster-coco-eval backend) on the same gt, crowd boxes included.
 
 The data: the four annotated images of deepforest 2.1.0 (`pip download --no-deps deepforest==2.1.0`;
@@ -23,9 +42,12 @@ Alive/Dead labels are one class, tree. At 400 px: train 133 tiles (4 without tre
 runs/bench/cache/deepforest_trees_<tile>/ and checked with `detcli data check`.
 
     python scripts/bench_accuracy.py                     # the full benchmark: ~1.5 h per run on 2 CPU cores
+    python scripts/bench_accuracy.py --runs yolox,ultralytics    # YOLOX against YOLOv8n only
     python scripts/bench_accuracy.py --device cuda --threads 8
     python scripts/bench_accuracy.py --steps 4 --batch 2 --size 128                 # a smoke run
     python scripts/bench_accuracy.py --synthetic --steps 2 --batch 2 --size 64     # no network: a fake wheel
+
+ultralytics is the optional `bench` extra (pip install -e .[bench]); without it its run is skipped.
 
 On a CPU shared with other jobs, --threads 1 is steadier (and here faster) than one thread per core.
 """
@@ -50,7 +72,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report_rows
+from _common import load_ultralytics, report_rows
 from bench_train import torchvision_fcos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +86,9 @@ SPLITS = {  # held out by image (see the docstring)
 }
 MIN_VISIBLE = 0.5  # a box cut by a tile edge must keep this fraction of its area (else dropped / iscrowd)
 NEGATIVES = 0.1  # tiles without a tree kept, at most this fraction of the tiles with trees
-RUNS = ("before", "after", "torchvision")
+RUNS = ("before", "after", "torchvision", "yolox", "ultralytics")
+EXTRA_OVERRIDES = {"yolox": ["head=yolox"]}  # the detcli runs that differ from the current defaults
+COMPARISONS = (("after", "before"), ("after", "torchvision"), ("yolox", "ultralytics"), ("yolox", "after"))
 
 
 # ---- the data set --------------------------------------------------------------------------------
@@ -271,11 +295,13 @@ def train_img_per_s(train_log: Path, batch: int) -> float | None:
 
 def run_detcli(name: str, tree: Path, data: Path, args, run_dir: Path) -> dict:
     """`python -m detcli train` from `tree` (first on the path, so its own code and configs are used)
-    with only the data, the length and the batch given: everything else is that version's default."""
+    with only the data, the length and the batch given (and the run's head, EXTRA_OVERRIDES):
+    everything else is that version's default."""
     shutil.rmtree(run_dir, ignore_errors=True)  # the logs append: a stale run would be read back
     overrides = [*data_overrides(data), f"data.image_size={args.size}", f"data.batch_size={args.batch}",
                  f"data.num_workers={args.workers}", "backbone=resnet18", f"trainer.max_steps={args.steps}",
-                 f"trainer.eval_interval={args.steps}", f"trainer.device={args.device}"]
+                 f"trainer.eval_interval={args.steps}", f"trainer.device={args.device}",
+                 *EXTRA_OVERRIDES.get(name, [])]
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
     if args.threads:
@@ -372,21 +398,32 @@ def fit_torchvision(model, samples: list[dict], args, device: torch.device) -> i
     return None
 
 
-@torch.no_grad()
-def evaluate_torchvision(model, samples: list[dict], device: torch.device, batch: int) -> dict[str, float]:
-    """torchvision maps its detections back to tile pixels itself; scored as detcli's evaluator scores."""
+def coco_map(pairs) -> dict[str, float]:
+    """(detections, gt) per image, boxes x1y1x2y2 in tile pixels, scored as detcli's evaluator scores:
+    torchmetrics MeanAveragePrecision with the faster-coco-eval backend, crowd gt ignored."""
     from torchmetrics.detection import MeanAveragePrecision
 
     from detcli.engine.evaluator import METRIC_KEYS
 
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
-    model.eval()
-    for i in range(0, len(samples), batch):
-        chunk = samples[i:i + batch]
-        dets = model([s["image"].to(device).float() / 255 for s in chunk])
-        metric.update([{k: v.cpu() for k, v in d.items()} for d in dets], [s["gt"] for s in chunk])
+    for dets, gt in pairs:
+        metric.update([{k: v.cpu() for k, v in dets.items()}], [gt])
     result = metric.compute()
     return {k: float(result[k]) for k in METRIC_KEYS}
+
+
+@torch.no_grad()
+def evaluate_torchvision(model, samples: list[dict], device: torch.device, batch: int) -> dict[str, float]:
+    """torchvision maps its detections back to tile pixels itself."""
+    model.eval()
+
+    def pairs():
+        for i in range(0, len(samples), batch):
+            chunk = samples[i:i + batch]
+            dets = model([s["image"].to(device).float() / 255 for s in chunk])
+            yield from zip(dets, [s["gt"] for s in chunk])
+
+    return coco_map(pairs())
 
 
 def run_torchvision(data: Path, args) -> dict:
@@ -410,6 +447,152 @@ def run_torchvision(data: Path, args) -> dict:
             "wall_s": time.perf_counter() - t0,
             "train_img_per_s": None if diverged else args.batch * args.steps / train_s,
             "code": f"torchvision {torchvision.__version__.split('+')[0]}", "diverged_at_step": diverged}
+
+
+# ---- ultralytics -----------------------------------------------------------------------------------
+def yolo_view(data: Path, out: Path) -> Path:
+    """A YOLO-format view of the COCO set for ultralytics, in `out`: images/<split>/ hard links to the
+    tiles (copies where a link is impossible), labels/<split>/<stem>.txt (class cx cy w h, normalised;
+    crowd boxes left out, as ultralytics has no crowd), data.yaml. Built in a temporary folder and
+    renamed into place; kept while the COCO set's source.json is the same. The COCO files are only read."""
+    import yaml
+
+    source = (data / "source.json").read_text()
+    if (out / "source.json").is_file() and (out / "source.json").read_text() == source:
+        return out
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split in SPLITS:
+        coco = json.loads((data / f"{split}.json").read_text())
+        write_yolo_split(coco, data / "images", tmp / "images" / split, tmp / "labels" / split)
+    names = {i: c["name"] for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+    spec = {"path": str(out.resolve()), "train": "images/train", "val": "images/val", "names": names}
+    (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (tmp / "source.json").write_text(source)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def write_yolo_split(coco: dict, images: Path, image_dir: Path, label_dir: Path) -> None:
+    label = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+    anns: dict[int, list] = {}
+    for a in coco["annotations"]:
+        if not a["iscrowd"]:
+            anns.setdefault(a["image_id"], []).append(a)
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir(parents=True)
+    for img in coco["images"]:
+        name, W, H = Path(img["file_name"]).name, img["width"], img["height"]
+        try:
+            os.link(images / img["file_name"], image_dir / name)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(images / img["file_name"], image_dir / name)
+        lines = [f"{label[a['category_id']]} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} {w / W:.6f} "
+                 f"{h / H:.6f}" for a in anns.get(img["id"], []) for x, y, w, h in [a["bbox"]]]
+        (label_dir / Path(name).with_suffix(".txt")).write_text("".join(f"{line}\n" for line in lines))
+
+
+def ultralytics_epochs(steps: int, n_train: int, batch: int) -> int:
+    """Epochs whose batches (ceil(n_train / batch) each, the last one partial) cover `steps`."""
+    return math.ceil(steps / math.ceil(n_train / batch))
+
+
+def ultralytics_device(device: str) -> str:
+    """detcli's device string as ultralytics takes it: cpu, cuda -> 0, cuda:N -> N."""
+    if device.startswith("cuda"):
+        return device.partition(":")[2] or "0"
+    return device
+
+
+class TrainingRecord:
+    """ultralytics callbacks: the thread count (its select_device resets it to its own), the seconds
+    spent in training epochs, the optimizer updates and the optimizer it chose."""
+
+    def __init__(self, threads: int):
+        self.threads, self.train_s, self.updates, self.t0 = threads, 0.0, 0, 0.0
+        self.optimizer: dict = {}
+
+    def attach(self, model) -> None:
+        model.add_callback("on_pretrain_routine_start", lambda trainer: torch.set_num_threads(self.threads))
+        model.add_callback("on_train_start", self.count_updates)
+        model.add_callback("on_train_epoch_start", self.epoch_start)
+        model.add_callback("on_train_epoch_end", self.epoch_end)
+
+    def count_updates(self, trainer) -> None:
+        step = trainer.optimizer_step
+
+        def counted():
+            self.updates += 1
+            step()
+
+        trainer.optimizer_step = counted
+        group = trainer.optimizer.param_groups[0]
+        self.optimizer = {"name": type(trainer.optimizer).__name__, "nominal_batch": trainer.args.nbs,
+                          "lr0": group.get("initial_lr", group["lr"]), "accumulate": trainer.accumulate}
+
+    def epoch_start(self, trainer) -> None:
+        self.t0 = time.perf_counter()
+
+    def epoch_end(self, trainer) -> None:
+        self.train_s += time.perf_counter() - self.t0
+
+
+def predict_ultralytics(weights: Path, data: Path, view: Path, args) -> list[dict]:
+    """Detections of each val tile (in val.json's order, as read_split) at ultralytics' validation
+    defaults, mapped back to tile pixels by ultralytics. One class, so predict's single-label NMS is its
+    validator's multi-label one."""
+    from ultralytics import YOLO
+
+    coco = json.loads((data / "val.json").read_text())
+    paths = [str(view / "images" / "val" / Path(img["file_name"]).name) for img in coco["images"]]
+    results = YOLO(weights).predict(paths, imgsz=args.size, conf=0.001, iou=0.7, max_det=300,
+                                    batch=args.batch, device=ultralytics_device(args.device), stream=True,
+                                    verbose=False)
+    return [{"boxes": r.boxes.xyxy.float(), "scores": r.boxes.conf.float(), "labels": r.boxes.cls.long()}
+            for r in results]
+
+
+def train_ultralytics(view: Path, epochs: int, args, run_dir: Path, record: TrainingRecord) -> Path:
+    """YOLOv8n from yolov8n.yaml trained with ultralytics' defaults; its last.pt (EMA weights)."""
+    import ultralytics.engine.trainer
+    from ultralytics import YOLO
+
+    ultralytics.engine.trainer.check_amp = lambda model: True  # its self-test downloads yolo26n.pt
+    model = YOLO("yolov8n.yaml")  # random init
+    record.attach(model)
+    model.train(data=str(view / "data.yaml"), epochs=epochs, imgsz=args.size, batch=args.batch,
+                device=ultralytics_device(args.device), workers=args.workers, pretrained=False, plots=False,
+                amp=args.device.startswith("cuda"), val=False, project=str(run_dir.parent), name=run_dir.name,
+                exist_ok=True)
+    return run_dir / "weights" / "last.pt"
+
+
+def run_ultralytics(data: Path, args, cache: Path, run_dir: Path) -> dict | None:
+    ultralytics = load_ultralytics(cache)
+    if ultralytics is None:
+        return None
+    print(f"--- ultralytics: YOLOv8n {ultralytics.__version__}, its defaults")
+    n_train = len(json.loads((data / "train.json").read_text())["images"])
+    epochs = ultralytics_epochs(args.steps, n_train, args.batch)
+    view = yolo_view(data, cache / f"{data.name}_yolo")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    record = TrainingRecord(threads)
+    t0 = time.perf_counter()
+    try:
+        weights = train_ultralytics(view, epochs, args, run_dir, record)
+        dets = predict_ultralytics(weights, data, view, args)
+    finally:  # it sets these process-wide; the runs after it get them back
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    metrics = coco_map(zip(dets, [s["gt"] for s in read_split(data, "val")], strict=True))
+    return {"map": metrics["map"], "map_50": metrics["map_50"], "map_75": metrics["map_75"],
+            "wall_s": time.perf_counter() - t0,
+            "train_img_per_s": epochs * n_train / record.train_s if record.train_s else None,
+            "code": f"ultralytics {ultralytics.__version__}", "run_dir": str(run_dir), "epochs": epochs,
+            "batches": epochs * math.ceil(n_train / args.batch), "optimizer_updates": record.updates,
+            "optimizer": record.optimizer}
 
 
 # ---- the report ------------------------------------------------------------------------------------
@@ -445,16 +628,27 @@ def dataset(args, cache: Path) -> Path:
     return prepare_dataset(wheel.resolve(), sha256, cache / name, args.tile)
 
 
+def run_one(name: str, data: Path, args, cache: Path) -> dict | None:
+    """One run's result; None where it was skipped (ultralytics not installed)."""
+    run_dir = (args.workdir / name).resolve()
+    if name == "torchvision":
+        return run_torchvision(data, args)
+    if name == "ultralytics":
+        return run_ultralytics(data, args, cache, run_dir)
+    tree = before_tree(args.before_tree, cache, args.before) if name == "before" else ROOT
+    return run_detcli(name, tree, data, args, run_dir)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=320, help="train and eval image size (the tiles are square)")
     p.add_argument("--tile", type=int, default=400, help="tile side in source pixels")
-    p.add_argument("--runs", default=",".join(RUNS), help="comma list of before, after, torchvision")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
-    p.add_argument("--workers", type=int, default=2, help="detcli data.num_workers")
+    p.add_argument("--workers", type=int, default=2, help="data loader workers (detcli data.num_workers)")
     p.add_argument("--wheel", type=Path, default=None, help="the deepforest 2.1.0 wheel (else pip download)")
     p.add_argument("--synthetic", action="store_true", help="a generated stand-in for the wheel (smoke test)")
     p.add_argument("--before", default=BEFORE, help="the detcli commit of run 'before'")
@@ -475,16 +669,10 @@ def main() -> None:
     print(f"data {data}: " + "; ".join(f"{s} {v['tiles']} tiles ({v['negative_tiles']} without trees), "
                                        f"{v['boxes']} boxes + {v['crowd_boxes']} crowd"
                                        for s, v in stats.items()))
-    results = {}
-    for run in runs:
-        if run == "torchvision":
-            results[run] = run_torchvision(data, args)
-        else:
-            tree = ROOT if run == "after" else before_tree(args.before_tree, cache, args.before)
-            results[run] = run_detcli(run, tree, data, args, (args.workdir / run).resolve())
-    comparisons = {f"after vs {other}": compare(results["after"], results[other])
-                   for other in ("before", "torchvision") if "after" in results and other in results}
-    show(results, comparisons, f"FCOS-R18 from scratch, {args.steps} steps x {args.batch} x {args.size} px, "
+    results = {name: r for name in runs if (r := run_one(name, data, args, cache)) is not None}
+    comparisons = {f"{a} vs {b}": compare(results[a], results[b]) for a, b in COMPARISONS
+                   if a in results and b in results}
+    show(results, comparisons, f"from scratch, {args.steps} steps x {args.batch} x {args.size} px, "
                                f"tree crowns ({stats['val']['boxes']} val boxes), {args.device}")
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "data": {"path": str(data), "source": json.loads((data / "source.json").read_text()), **stats},

@@ -1,9 +1,22 @@
-"""Inference throughput (decode + NMS included): detcli FCOS against torchvision's FCOS on the same
-backbone architecture and random weights, and detcli's ONNX export in onnxruntime against eager
-PyTorch. Both heads' classification biases are set to the same prior (0.2) so that both decode and
-suppress a comparable number of candidates.
+"""Inference throughput (decode + NMS included) of a detcli head against its peer on the same image size,
+batch and random weights, and detcli's ONNX export in onnxruntime against eager PyTorch. Both sides'
+classification biases are set so that every candidate starts at the same score (0.2), so that both
+decode and suppress a comparable number of candidates, each with its own default postprocess.
 
-    python scripts/bench_infer.py                      # CPU: resnet18, 256 px, batch 8
+- `--head fcos` (default): detcli FCOS against torchvision's FCOS on the same backbone architecture.
+- `--head yolox`: detcli YOLOX (cs3darknet_s where detcli has that preset, else resnet18; --backbone
+  overrides), `model(images)` in eval mode, against ultralytics' YOLOv8n from yolov8n.yaml as its
+  validator runs it: Conv+BN fused, forward, then its own non_max_suppression at its val defaults
+  (conf 0.001, iou 0.7, multi-label, max_det 300, up to 30000 boxes into NMS) but without its time
+  limit (2 s + 0.05 s per image, past which it skips the batch's remaining images: on a slow CPU it
+  would be timed on less work). YOLOX's score is objectness x class, so both of its biases start at
+  sqrt(0.2). At that score every (box, class) pair passes conf 0.001, so ultralytics' NMS gets its
+  maximum, 30000 boxes per image, where detcli keeps 1000 per level: a second ratio times the networks
+  alone (no decode, no NMS). ultralytics is the optional `bench` extra (pip install -e .[bench]);
+  without it the ultralytics rows are skipped.
+
+    python scripts/bench_infer.py                      # CPU: FCOS resnet18, 256 px, batch 8
+    python scripts/bench_infer.py --head yolox --size 256 --batch 8
 """
 
 from __future__ import annotations
@@ -18,40 +31,89 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import compose_model, report, synthetic_batch, timed
-from bench_train import torchvision_fcos
+from _common import (
+    compose_model,
+    default_backbone,
+    load_ultralytics,
+    report,
+    synthetic_batch,
+    timed,
+    ultralytics_nms,
+    yolov8n,
+)
+from bench_train import PEERS, torchvision_fcos
+
+SCORE = 0.2  # every candidate's initial score, on both sides
 
 
-def main() -> None:
+def logit(p: float) -> float:
+    return -math.log((1 - p) / p)
+
+
+def set_detcli_prior(model, head: str) -> None:
+    if head == "fcos":
+        torch.nn.init.constant_(model.head.cls_logits.bias, logit(SCORE))
+        return
+    for pred in (*model.head.cls_preds, *model.head.obj_preds):  # score = objectness x class
+        torch.nn.init.constant_(pred.bias, logit(math.sqrt(SCORE)))
+
+
+def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_classes: int) -> dict:
+    """The peer's inference on the same images (decode + NMS) as zero-argument functions, by run name:
+    ultralytics also without decode and NMS ("ultralytics network"); none where it is not installed."""
+    if peer == "torchvision":
+        model = torchvision_fcos(args.backbone, args.size, num_classes)
+        torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(SCORE))
+        model = model.to(device).eval()
+        tv_images = list(images.float() / 255)
+        return {peer: torch.no_grad()(lambda: model(tv_images))}
+    if load_ultralytics() is None:
+        return {}
+    model = yolov8n(num_classes)
+    for branch in model.model[-1].cv3:  # the Detect head's class convs, one per level
+        torch.nn.init.constant_(branch[-1].bias, logit(SCORE))
+    model = model.fuse(verbose=False).to(device).eval()  # its validator / predictor fuse Conv+BN
+    nms, uimages = ultralytics_nms(), images.float() / 255
+
+    @torch.no_grad()
+    def infer():  # as ultralytics/models/yolo/detect/val.py postprocesses, minus the time limit
+        return nms(model(uimages), 0.001, 0.7, multi_label=True, max_det=300, max_time_img=math.inf)
+
+    return {peer: infer, f"{peer} network": torch.no_grad()(lambda: model(uimages))}
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--head", default="fcos", choices=list(PEERS),
+                   help="fcos: against torchvision, yolox: against ultralytics")
+    p.add_argument("--backbone", default=None, help="default: resnet18 (fcos), cs3darknet_s (yolox)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, one per core); 1 on a CPU shared with others")
     p.add_argument("--out", default="runs/bench/infer.json")
     args = p.parse_args()
-    device, C = torch.device(args.device), 80
+    args.backbone = args.backbone or default_backbone(args.head)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device, C, peer = torch.device(args.device), 80, PEERS[args.head]
     torch.manual_seed(0)
     images = synthetic_batch(args.batch, args.size, C)["images"].to(device)
-    ours, _ = compose_model([f"backbone={args.backbone}"], num_classes=C)
-    theirs = torchvision_fcos(args.backbone, args.size, C)
-    prior = -math.log((1 - 0.2) / 0.2)
-    torch.nn.init.constant_(ours.head.cls_logits.bias, prior)
-    torch.nn.init.constant_(theirs.head.classification_head.cls_logits.bias, prior)
-    ours, theirs = ours.to(device).eval(), theirs.to(device).eval()
-    tv_images = list(images.float() / 255)
+    ours, _ = compose_model([f"backbone={args.backbone}", f"head={args.head}"], num_classes=C)
+    set_detcli_prior(ours, args.head)
+    ours = ours.to(device).eval()
 
-    @torch.no_grad()
-    def detcli_infer():
-        return ours(images)
-
-    @torch.no_grad()
-    def torchvision_infer():
-        return theirs(tv_images)
-
-    runs = {"detcli": detcli_infer, "torchvision": torchvision_infer}
+    runs = {"detcli": torch.no_grad()(lambda: ours(images)), **peer_runs(peer, args, images, device, C)}
+    if f"{peer} network" in runs:  # the same without decode and NMS, for what the postprocess costs
+        runs["detcli network"] = torch.no_grad()(lambda: ours.predict(images))
     session = onnx_session(ours, images) if device.type == "cpu" else None
     if session is not None:
         feed = {"images": images.float().numpy()}
@@ -60,14 +122,25 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, fn in runs.items():
             best[name] = min(best[name], timed(fn, warmup=1, iters=args.iters, device=device))
-    ips = {k: args.batch / v for k, v in best.items()}
-    result = {"args": vars(args), "img_per_s": ips, "speedup_vs_torchvision": ips["detcli"] / ips["torchvision"]}
-    if session is not None:
+    summarize(args, device, peer, {k: args.batch / v for k, v in best.items()})
+
+
+def summarize(args, device: torch.device, peer: str, ips: dict[str, float]) -> None:
+    """The table and the JSON: images/s of each run, detcli over its peer (when measured), onnxruntime."""
+    result = {"args": vars(args), "threads": torch.get_num_threads(), "img_per_s": ips,
+              f"speedup_vs_{peer}": ips["detcli"] / ips[peer] if peer in ips else None}
+    extra = []
+    if peer in ips:
+        name = "torchvision (target >= 1.3 on CPU)" if peer == "torchvision" else "ultralytics YOLOv8n"
+        extra.append((f"detcli / {name}", f"{result[f'speedup_vs_{peer}']:.2f}x"))
+    if f"{peer} network" in ips:
+        result[f"network_speedup_vs_{peer}"] = ips["detcli network"] / ips[f"{peer} network"]
+        extra.append(("  network only (no decode, no NMS)", f"{result[f'network_speedup_vs_{peer}']:.2f}x"))
+    if "detcli onnxruntime" in ips:
         result["onnxruntime_vs_eager"] = ips["detcli onnxruntime"] / ips["detcli"]
-    extra = [("detcli / torchvision (target >= 1.3 on CPU)", f"{result['speedup_vs_torchvision']:.2f}x")]
-    if session is not None:
         extra.append(("onnxruntime / eager (target >= 1.5 on CPU)", f"{result['onnxruntime_vs_eager']:.2f}x"))
-    report(f"inference, FCOS {args.backbone}, {args.batch} x {args.size} px, {device}", ips, extra)
+    title = f"inference, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {device}"
+    report(title, ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")
@@ -82,6 +155,10 @@ def onnx_session(model, images):
     export_onnx(Exportable(model).eval(), images.float(), path, opset=17)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # its idle threads would otherwise spin beside torch's OpenMP threads, taking the cores that the
+    # eager runs measured after it need (on 2 shared cores: eager up to 50x slower)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.intra_op_num_threads = torch.get_num_threads()  # as many as eager PyTorch gets
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

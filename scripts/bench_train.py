@@ -1,9 +1,16 @@
-"""Training throughput: detcli FCOS against torchvision's FCOS on the same backbone architecture, image
-size, batch and random weights, measured alternately in one process; and detcli's overhead ratio: a
-full training step (assignment, losses, optimizer) over forward + backward + optimizer step of the same
-backbone + neck + head with a trivial loss.
+"""Training throughput of a detcli head against its peer, on the same image size, batch, synthetic boxes
+and random weights, measured alternately in one process; and detcli's overhead ratio: a full training
+step (assignment, losses, optimizer) over forward + backward + optimizer step of the same backbone +
+neck + head with a trivial loss. A step is forward + loss + backward + optimizer step on both sides.
 
-    python scripts/bench_train.py                              # CPU: resnet18, 256 px, batch 8
+- `--head fcos` (default): detcli FCOS against torchvision's FCOS on the same backbone architecture.
+- `--head yolox`: detcli YOLOX (cs3darknet_s where detcli has that preset, else resnet18; --backbone
+  overrides) against ultralytics' YOLOv8n built from yolov8n.yaml with the same classes, its loss at
+  its default gains (ultralytics/cfg/default.yaml). ultralytics is the optional `bench` extra
+  (pip install -e .[bench]); without it the ultralytics rows are skipped.
+
+    python scripts/bench_train.py                              # CPU: FCOS resnet18, 256 px, batch 8
+    python scripts/bench_train.py --head yolox --size 256 --batch 8
     python scripts/bench_train.py --backbone resnet50 --size 800 --batch 8 --precision bf16 --channels-last
 """
 
@@ -17,9 +24,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import compose_model, report, synthetic_batch, timed
+from _common import (
+    compose_model,
+    default_backbone,
+    load_ultralytics,
+    report,
+    synthetic_batch,
+    timed,
+    ultralytics_batch,
+    yolov8n,
+)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PEERS = {"fcos": "torchvision", "yolox": "ultralytics"}  # the peer each head is measured against
+PEER_NAMES = {"torchvision": "torchvision (target >= 1.5 on CPU)", "ultralytics": "ultralytics YOLOv8n"}
 
 
 def torchvision_fcos(backbone: str, size: int, num_classes: int):
@@ -35,9 +53,38 @@ def torchvision_fcos(backbone: str, size: int, num_classes: int):
                 detections_per_img=100, topk_candidates=1000)
 
 
-def main() -> None:
+def trivial_loss(out: dict) -> torch.Tensor:
+    """The mean of every predicted tensor (those with a gradient; the grid constants have none)."""
+    return sum(v.float().mean() for v in out.values() if torch.is_tensor(v) and v.requires_grad)
+
+
+def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
+
+
+def peer_loss(peer: str, args, batch: dict, fmt, device: torch.device, num_classes: int):
+    """(model, zero-argument loss function) of the peer on the same batch; None where it is missing."""
+    if peer == "torchvision":
+        model = torchvision_fcos(args.backbone, args.size, num_classes)
+        model = model.to(device).to(memory_format=fmt).train()
+        images = list((batch["images"].float() / 255).contiguous(memory_format=fmt))
+        targets = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
+        return model, lambda: sum(model(images, targets).values())
+    if load_ultralytics() is None:
+        return None
+    model = yolov8n(num_classes).to(device).to(memory_format=fmt).train()  # its loss is built on this device
+    ubatch = ultralytics_batch(batch)
+    ubatch["img"] = ubatch["img"].contiguous(memory_format=fmt)
+    return model, lambda: model.loss(ubatch)[0].sum()  # as its trainer: (box, cls, dfl) x batch, summed
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="resnet18", help="resnet18 / resnet50: same architecture in timm and torchvision")
+    p.add_argument("--head", default="fcos", choices=list(PEERS),
+                   help="fcos: against torchvision, yolox: against ultralytics")
+    p.add_argument("--backbone", default=None,
+                   help="default: resnet18 (fcos; the same architecture in timm and torchvision), "
+                        "cs3darknet_s (yolox)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=4)
@@ -45,61 +92,66 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=list(DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, one per core); 1 on a CPU shared with others")
     p.add_argument("--out", default="runs/bench/train.json")
     args = p.parse_args()
-    device, dtype, C = torch.device(args.device), DTYPES[args.precision], 80
+    args.backbone = args.backbone or default_backbone(args.head)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device, dtype, C, peer = torch.device(args.device), DTYPES[args.precision], 80, PEERS[args.head]
     torch.manual_seed(0)
     batch = {k: v.to(device) for k, v in synthetic_batch(args.batch, args.size, C).items()}
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     images = batch["images"].contiguous(memory_format=fmt)
 
-    ours, _ = compose_model([f"backbone={args.backbone}"], num_classes=C)
+    ours, _ = compose_model([f"backbone={args.backbone}", f"head={args.head}"], num_classes=C)
     ours = ours.to(device).to(memory_format=fmt).train()
-    theirs = torchvision_fcos(args.backbone, args.size, C).to(device).to(memory_format=fmt).train()
-    opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9, foreach=True)
-    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=1e-4, momentum=0.9, foreach=True)
+    opt_ours = sgd(ours)
     targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
-    tv_images = list((batch["images"].float() / 255).contiguous(memory_format=fmt))
-    tv_targets = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
 
-    def step(model, opt, loss_fn):
+    def step(opt, loss_fn):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def detcli_step():
-        step(ours, opt_ours, lambda: sum(ours(images, targets).values()))
-
-    def trivial_step():  # the same network, a loss that costs nothing
-        def loss():
-            out = ours.predict(images)
-            return out["cls_logits"].float().mean() + out["bbox_reg"].float().mean() + out["centerness"].float().mean()
-        step(ours, opt_ours, loss)
-
-    def torchvision_step():
-        step(theirs, opt_theirs, lambda: sum(theirs(tv_images, tv_targets).values()))
-
-    runs = {"detcli": detcli_step, "trivial": trivial_step, "torchvision": torchvision_step}
+    runs = {"detcli": lambda: step(opt_ours, lambda: sum(ours(images, targets).values())),
+            "trivial": lambda: step(opt_ours, lambda: trivial_loss(ours.predict(images)))}
+    theirs = peer_loss(peer, args, batch, fmt, device, C)
+    if theirs is not None:
+        opt_theirs = sgd(theirs[0])
+        runs[peer] = lambda: step(opt_theirs, theirs[1])
     best = {k: float("inf") for k in runs}
     for _ in range(args.rounds):  # alternate, keep each one's best round
         for name, fn in runs.items():
             best[name] = min(best[name], timed(fn, warmup=1, iters=args.iters, device=device))
+    summarize(args, device, peer, best)
+
+
+def summarize(args, device: torch.device, peer: str, best: dict[str, float]) -> None:
+    """The table and the JSON: images/s of each run, detcli over its peer (when measured), the overhead."""
     ips = {k: args.batch / v for k, v in best.items()}
-    result = {
-        "args": vars(args), "img_per_s": ips,
-        "speedup_vs_torchvision": ips["detcli"] / ips["torchvision"],
-        "overhead_ratio": best["detcli"] / best["trivial"],
-    }
-    if device.type == "cuda":  # forward + backward of FCOS-R50 at 800x1333 is about 1.29 TFLOP per image
+    speedup = ips["detcli"] / ips[peer] if peer in ips else None
+    result = {"args": vars(args), "threads": torch.get_num_threads(), "img_per_s": ips,
+              f"speedup_vs_{peer}": speedup, "overhead_ratio": best["detcli"] / best["trivial"]}
+    extra = []
+    if speedup is not None:
+        extra.append((f"detcli / {PEER_NAMES[peer]}", f"{speedup:.2f}x"))
+    overhead = result["overhead_ratio"]
+    extra.append(("overhead: full step / trivial-loss step (target <= 1.10)", f"{overhead:.3f}"))
+    if device.type == "cuda" and args.head == "fcos":  # FCOS-R50 fwd + bwd at 800x1333: ~1.29 TFLOP per image
         flops = 1.29e12 * (args.size * args.size) / (800 * 1333)
         result["achieved_tflops"] = flops * ips["detcli"] / 1e12
-    extra = [("detcli / torchvision (target >= 1.5 on CPU)", f"{result['speedup_vs_torchvision']:.2f}x"),
-             ("overhead: full step / trivial-loss step (target <= 1.10)", f"{result['overhead_ratio']:.3f}")]
-    if "achieved_tflops" in result:
         extra.append(("achieved TFLOP/s (model FLOPs)", f"{result['achieved_tflops']:.1f}"))
-    report(f"training, FCOS {args.backbone}, {args.batch} x {args.size} px, {args.precision}, {device}", ips, extra)
+    report(f"training, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {args.precision}, "
+           f"{device}", ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")

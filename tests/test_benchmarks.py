@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end (tiny sizes) and write their JSON."""
+"""The benchmark scripts run end to end (tiny sizes) and write their JSON; the ultralytics peer is
+optional (the `bench` extra) and kept offline, out of ~; the YOLO-format view of the accuracy set."""
 
 import json
 import os
@@ -7,8 +8,37 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+TINY = ["--size", "64", "--batch", "2", "--iters", "1", "--rounds", "1"]
+
+
+def needs_yolox_and_ultralytics() -> None:
+    pytest.importorskip("ultralytics")
+    if not (ROOT / "configs" / "head" / "yolox.yaml").is_file():
+        pytest.skip("head=yolox is not in this tree yet (configs/head/yolox.yaml)")
+
+
+def ultralytics_files(home: Path) -> list[Path]:
+    """What ultralytics left in `home` (detcli's own dependencies may write caches there: not counted)."""
+    return [p for p in home.rglob("*") if "ultralytics" in p.name.lower()]
+
+
+def run_script(script: str, *args: str, cwd: Path, home: Path, prelude: str = ""):
+    """The script in a subprocess from `cwd`, with HOME an empty folder; `prelude` runs first."""
+    home.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR"):  # all would move ~'s folders
+        env.pop(name, None)
+    env.update(HOME=str(home), PYTHONWARNINGS="ignore")
+    run = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", f"{prelude}\n{run}", str(SCRIPTS / script), *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=900, check=False)
 
 
 @pytest.mark.slow
@@ -40,7 +70,8 @@ def test_accuracy_benchmark_runs(source, tmp_path):
             pytest.skip("set DETCLI_DEEPFOREST_WHEEL to deepforest-2.1.0-py3-none-any.whl to run this case")
         data = ["--wheel", wheel]
     out = tmp_path / "out.json"
-    args = [*data, "--steps", "2", "--batch", "2", "--size", "64", "--workers", "0", "--device", "cpu",
+    args = [*data, "--runs", "before,after,torchvision", "--steps", "2", "--batch", "2", "--size", "64",
+            "--workers", "0", "--device", "cpu",
             "--before-tree", str(ROOT), "--cache", str(tmp_path / "cache"),
             "--workdir", str(tmp_path / "runs"), "--out", str(out)]
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_accuracy.py"), *args],
@@ -50,3 +81,110 @@ def test_accuracy_benchmark_runs(source, tmp_path):
     assert set(result["runs"]) == {"before", "after", "torchvision"}
     assert set(result["comparisons"]) == {"after vs before", "after vs torchvision"}
     assert result["data"]["train"]["boxes"] > 0 and result["data"]["val"]["boxes"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_infer.py"])
+def test_yolox_against_ultralytics(script, tmp_path, cache_dir):
+    """--head yolox measures ultralytics' YOLOv8n in the same run, its settings in the bench cache."""
+    needs_yolox_and_ultralytics()
+    proc = run_script(script, "--head", "yolox", *TINY, "--out", "out.json", cwd=tmp_path,
+                      home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert {"detcli", "ultralytics"} <= set(result["img_per_s"])
+    assert result["speedup_vs_ultralytics"] > 0
+    assert "detcli / ultralytics YOLOv8n" in proc.stdout
+    if script == "bench_infer.py":  # and the networks alone, without decode and NMS
+        assert result["network_speedup_vs_ultralytics"] > 0
+    assert (tmp_path / "runs/bench/cache/ultralytics/Ultralytics/settings.json").is_file()
+    assert ultralytics_files(tmp_path / "home") == []
+
+
+@pytest.mark.slow
+def test_yolox_without_ultralytics(tmp_path, cache_dir):
+    """Where ultralytics is missing, --head yolox says how to install it and measures detcli alone."""
+    if not (ROOT / "configs" / "head" / "yolox.yaml").is_file():
+        pytest.skip("head=yolox is not in this tree yet (configs/head/yolox.yaml)")
+    proc = run_script("bench_train.py", "--head", "yolox", *TINY, "--out", "out.json", cwd=tmp_path,
+                      home=tmp_path / "home", prelude="import sys; sys.modules['ultralytics'] = None")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pip install -e .[bench]" in proc.stdout
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert set(result["img_per_s"]) == {"detcli", "trivial"} and result["speedup_vs_ultralytics"] is None
+
+
+@pytest.mark.slow
+def test_accuracy_yolox_and_ultralytics_runs(tmp_path, cache_dir):
+    """The two new runs of bench_accuracy on the synthetic set, a few steps, scored and compared."""
+    needs_yolox_and_ultralytics()
+    args = ["--synthetic", "--runs", "yolox,ultralytics", "--steps", "2", "--batch", "2", "--size", "64",
+            "--workers", "0", "--device", "cpu", "--cache", "cache", "--workdir", "runs", "--out", "out.json"]
+    proc = run_script("bench_accuracy.py", *args, cwd=tmp_path, home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert set(result["runs"]) == {"yolox", "ultralytics"}
+    assert set(result["comparisons"]) == {"yolox vs ultralytics"}
+    assert "head=yolox" in result["runs"]["yolox"]["overrides"]
+    theirs = result["runs"]["ultralytics"]
+    assert 0 <= theirs["map"] <= 1 and theirs["batches"] >= 2 and theirs["optimizer_updates"] >= 1
+    assert ultralytics_files(tmp_path / "home") == []
+
+
+def test_load_ultralytics_missing(monkeypatch, capsys):
+    import _common
+
+    monkeypatch.setattr(_common, "find_spec", lambda name: None)
+    assert _common.load_ultralytics() is None
+    assert "pip install -e .[bench]" in capsys.readouterr().out
+
+
+def test_ultralytics_batch_is_normalised_cxcywh():
+    from _common import ultralytics_batch
+
+    batch = {"images": torch.zeros(2, 3, 64, 128, dtype=torch.uint8),  # H 64, W 128
+             "boxes": torch.tensor([[[8.0, 16, 24, 48]], [[0, 0, 128, 64]]]),  # (B, M, 4) x1y1x2y2
+             "labels": torch.tensor([[3], [5]])}
+    out = ultralytics_batch(batch)
+    assert out["img"].dtype == torch.float32 and out["img"].shape == (2, 3, 64, 128)
+    assert out["batch_idx"].tolist() == [0, 1] and out["cls"].tolist() == [[3], [5]]
+    assert torch.allclose(out["bboxes"], torch.tensor([[0.125, 0.5, 0.125, 0.5], [0.5, 0.5, 1, 1]]))
+
+
+@pytest.mark.parametrize("steps, n_train, batch, epochs", [(1200, 133, 8, 71), (2, 10, 2, 1), (10, 10, 2, 2),
+                                                           (11, 10, 2, 3), (16, 9, 4, 6)])
+def test_ultralytics_epochs_cover_the_steps(steps, n_train, batch, epochs):
+    from bench_accuracy import ultralytics_epochs
+
+    assert ultralytics_epochs(steps, n_train, batch) == epochs
+
+
+def test_yolo_view(tmp_path):
+    """Labels are class cx cy w h normalised by the image, classes in category-id order, crowd boxes
+    left out; images are links to the COCO tiles, which stay as they were; a second call reuses it."""
+    from bench_accuracy import yolo_view
+
+    coco = tmp_path / "coco"
+    (coco / "images").mkdir(parents=True)
+    Image.new("RGB", (20, 10)).save(coco / "images" / "a.png")
+    categories = [{"id": 3, "name": "b"}, {"id": 1, "name": "a"}]
+    anns = [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [2, 4, 6, 4], "area": 24, "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 20, 10], "area": 200, "iscrowd": 1}]
+    split = {"images": [{"id": 7, "file_name": "a.png", "width": 20, "height": 10}], "annotations": anns,
+             "categories": categories}
+    for name in ("train", "val"):
+        (coco / f"{name}.json").write_text(json.dumps(split))
+    (coco / "source.json").write_text("{}")
+    before = {p: p.read_bytes() for p in coco.rglob("*") if p.is_file()}
+
+    view = yolo_view(coco, tmp_path / "coco_yolo")
+    for name in ("train", "val"):
+        assert (view / "labels" / name / "a.txt").read_text() == "1 0.250000 0.600000 0.300000 0.400000\n"
+        assert (view / "images" / name / "a.png").samefile(coco / "images" / "a.png")
+    spec = yaml.safe_load((view / "data.yaml").read_text())
+    assert spec == {"path": str(view.resolve()), "train": "images/train", "val": "images/val",
+                    "names": {0: "a", 1: "b"}}
+    assert {p: p.read_bytes() for p in coco.rglob("*") if p.is_file()} == before
+    stamp = (view / "data.yaml").stat().st_mtime_ns
+    assert yolo_view(coco, tmp_path / "coco_yolo") == view
+    assert (view / "data.yaml").stat().st_mtime_ns == stamp

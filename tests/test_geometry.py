@@ -133,6 +133,7 @@ def test_multiscale_batches_keep_boxes_sizes_and_padding_exact(tmp_path):
         assert torch.equal(got["image_sizes"], (ref["image_sizes"] * f).round().long())
         assert torch.allclose(got["scale"], ref["scale"] * f)
         h, w = got["image_sizes"][0].tolist()  # the padding keeps the pad value
+        assert (got["images"][0, :, :, w:] == torch.tensor(PAD_VALUE, dtype=torch.uint8).view(3, 1, 1)).all()
         assert (got["images"][0, :, h:] == torch.tensor(PAD_VALUE, dtype=torch.uint8).view(3, 1, 1)).all()
         assert torch.equal(multi(samples)["images"], got["images"])  # the same batch draws the same side
     assert len(sides) >= 3

@@ -1,17 +1,14 @@
 """The YOLOX head and its configs: shapes over several backbones and both necks, bias init, grad
-checkpointing, the head's defaults, the published recipes, and an overfit check."""
+checkpointing, the head's defaults and the published recipes (the overfit check is in test_overfit.py)."""
 
 import math
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from torchmetrics.detection import MeanAveragePrecision
 
 from detcli.build import build_model
 from detcli.cli import config_dir
-from detcli.data.collate import collate
 from detcli.errors import ConfigError
 from detcli.models.heads.yolox import YOLOXHead
 
@@ -96,30 +93,3 @@ def test_yolox_s_recipe_is_the_published_one():
     assert m.backbone.name == "cs3darknet_m" and (m.neck.width, m.neck.depth) == (0.75, 0.67)
     assert m.trainer.optimizer.nesterov and m.data.close_mosaic == 15
 
-
-def test_yolox_overfits_four_images(cache_dir):
-    torch.manual_seed(0)
-    cfg = compose_train("experiment=toy", "head=yolox", "data.num_train=32", "data.num_val=8", "data.hflip=0")
-    data = instantiate(cfg.data)
-    ds = data.dataset("train")
-    batch = collate([ds[i] for i in range(4)])
-    model = build_model(cfg, data.num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
-    model.train()
-    first = None
-    for _ in range(120):
-        loss = sum(model(batch["images"], targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first if first is not None else loss.item()
-    assert loss.item() < 0.3 * first
-    model.eval()
-    with torch.no_grad():
-        dets = model(batch["images"], image_sizes=batch["image_sizes"])
-    metric = MeanAveragePrecision(box_format="xyxy", backend="faster_coco_eval")
-    metric.update([{"boxes": b[lab >= 0], "scores": s[lab >= 0], "labels": lab[lab >= 0]}
-                   for b, s, lab in zip(dets["boxes"], dets["scores"], dets["labels"])],
-                  [{"boxes": b[lab >= 0], "labels": lab[lab >= 0]} for b, lab in zip(batch["boxes"], batch["labels"])])
-    assert metric.compute()["map_50"] > 0.9

@@ -1,5 +1,6 @@
-"""The FCOS path really learns: a few images are fitted to near-perfect detections."""
+"""Every head really learns: a few images are fitted to near-perfect detections."""
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -10,10 +11,11 @@ from detcli.cli import config_dir
 from detcli.data.collate import collate
 
 
-def test_fcos_overfits_four_images(cache_dir):
+@pytest.mark.parametrize("head", ["fcos", "yolox"])
+def test_head_overfits_four_images(head, cache_dir):
     torch.manual_seed(0)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.hflip=0"])
+        cfg = compose("train", ["experiment=toy", f"head={head}", "data.num_train=32", "data.num_val=8", "data.hflip=0"])
     data = instantiate(cfg.data)
     ds = data.dataset("train")
     batch = collate([ds[i] for i in range(4)])

@@ -74,3 +74,11 @@ def test_resume_is_exact_across_the_close_of_mosaic(tmp_path, cache_dir):
     assert sorted(resumed) == list(range(1, 25))
     for step in range(1, 25):
         assert resumed[step] == pytest.approx(whole[step], abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_toy_run_reaches_map50_07_in_the_fcos_budget(tmp_path, cache_dir):
+    """`detcli train experiment=toy head=yolox`: the toy preset's 300 steps, val mAP@0.5 >= 0.7."""
+    detcli("train", "experiment=toy", *YOLOX, f"hydra.run.dir={tmp_path}")
+    evals = [json.loads(x) for x in (tmp_path / "eval_log.jsonl").read_text().splitlines()]
+    assert evals[-1]["step"] == 300 and max(e["map_50"] for e in evals) >= 0.7
