@@ -79,6 +79,13 @@ def test_close_mosaic_turns_it_off_for_the_last_epochs(tmp_path):
     assert not ds.mosaic_on
     image, _, _ = ds[(0, 5)]
     assert image.shape[-2:] == (48, 64)  # the plain keep-ratio resize of an 80 x 60 image
+    assert ds.final_phase
+    # a fraction of the run's epochs, rounded up: 0.1 of 75 epochs -> the last 8 (67..74)
+    ds.close_mosaic = 0.1
+    ds.set_epoch(66, 75)
+    assert ds.mosaic_on and not ds.final_phase
+    ds.set_epoch(67, 75)
+    assert not ds.mosaic_on and ds.final_phase
 
 
 def test_pipeline_from_config_letterbox_mosaic_mixup_cache_train(tmp_path, cache_dir):

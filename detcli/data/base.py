@@ -3,6 +3,7 @@ and the data object that builds datasets and loaders. A format only turns its fi
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ class DetectionDataset(Dataset):
     """
 
     def __init__(self, records: list[ImageRecord], image_dir: str | Path, transforms, train: bool,
-                 mosaic: float = 0.0, mixup: float = 0.0, mosaic_size: int = 640, close_mosaic: int = 0,
+                 mosaic: float = 0.0, mixup: float = 0.0, mosaic_size: int = 640, close_mosaic: float = 0,
                  cache: bool = False):
         self.records = records
         self.image_dir = Path(image_dir).expanduser()
@@ -55,10 +56,12 @@ class DetectionDataset(Dataset):
         self.cache = _read_all([self.image_dir / r.file_name for r in records]) if cache else None
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
-        """Mosaic and mixup stop for the last `close_mosaic` epochs (the loader's workers start each
-        epoch anew, so they see this). Those epochs are the run's final phase, in which a criterion may
-        change its terms (YOLOX's L1 term)."""
-        self.final_phase = self.close_mosaic > 0 and epoch >= epochs - self.close_mosaic
+        """Mosaic and mixup stop for the last `close_mosaic` epochs, or for that fraction of the run's
+        epochs (rounded up) when it is below 1 (the loader's workers start each epoch anew, so they see
+        this). Those epochs are the run's final phase, in which a criterion may change its terms
+        (YOLOX's L1 term)."""
+        close = self.close_mosaic if self.close_mosaic >= 1 else math.ceil(self.close_mosaic * epochs)
+        self.final_phase = close > 0 and epoch >= epochs - close
         self.mosaic_on = self.mosaic > 0 and not self.final_phase
 
     def __len__(self) -> int:
@@ -161,7 +164,7 @@ class DetectionData:
         letterbox: bool = False,
         mosaic: float = 0.0,
         mixup: float = 0.0,
-        close_mosaic: int = 0,
+        close_mosaic: float = 0,
         multiscale: list[int] | None = None,
         cache: bool = False,
     ):
