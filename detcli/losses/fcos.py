@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detcli.losses.terms import BOX_LOSSES, CLASS_LOSSES, box_loss, check_choice, class_loss, num_positives
+from detcli.losses.terms import (
+    BOX_LOSSES,
+    CLASS_LOSSES,
+    box_loss,
+    check_choice,
+    class_loss,
+    masked_sum,
+    num_positives,
+    with_padding_slot,
+)
 from detcli.ops.points import boxes_to_ltrb, ltrb_to_boxes
 
 
@@ -59,9 +68,7 @@ class FCOSCriterion(nn.Module):
         points, strides = preds["points"], preds["strides"]  # (R, 2), (R,)
         gt_boxes = targets["boxes"].float()  # (B, M, 4)
         gt_labels = targets["labels"]  # (B, M), -1 = padding
-        if gt_labels.shape[1] == 0:  # a batch without any box: one padding slot keeps the gathers valid
-            gt_boxes = gt_boxes.new_zeros(gt_boxes.shape[0], 1, 4)
-            gt_labels = gt_labels.new_full((gt_labels.shape[0], 1), -1)
+        gt_boxes, gt_labels = with_padding_slot(gt_boxes, gt_labels)
         matched = self.assigner(points, strides, preds["level_sizes"], gt_boxes, gt_labels >= 0)  # (B, R)
         fg = matched >= 0  # (B, R)
         idx = matched.clamp(min=0)
@@ -75,11 +82,11 @@ class FCOSCriterion(nn.Module):
 
         pred_boxes = ltrb_to_boxes(points, bbox_reg)  # (B, R, 4)
         box = box_loss(self.box_loss, pred_boxes, tgt_boxes)  # (B, R)
-        loss_box = torch.where(fg, box, torch.zeros_like(box)).sum()
+        loss_box = masked_sum(fg, box)
 
         ctr_target = centerness_target(boxes_to_ltrb(points, tgt_boxes))  # (B, R)
         bce = F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="none")  # (B, R)
-        loss_ctr = torch.where(fg, bce, torch.zeros_like(bce)).sum()
+        loss_ctr = masked_sum(fg, bce)
         return {
             "loss_cls": loss_cls / n_pos,
             "loss_box": self.box_weight * loss_box / n_pos,

@@ -1,11 +1,13 @@
 """Loss terms every criterion picks by name from its config (`loss.box_loss`, `loss.cls_loss`): a
-choice of key, not a registry. All return per-element losses (reduction is the criterion's job).
+choice of key, not a registry. All return per-element losses (reduction is the criterion's job); plus
+the pieces every criterion shares: the positive count over ranks, masked sums, the padding slot.
 
 Naming: N = any leading shape (pairs of boxes, or points), C = classes.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,6 +31,19 @@ def num_positives(fg: Tensor) -> Tensor:
         dist.all_reduce(n)
         n = n / dist.get_world_size()
     return n.clamp(min=1.0)
+
+
+def with_padding_slot(gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """A batch without any box (M = 0) gets one padding slot, so gathers by matched index stay valid;
+    (B, M, 4), (B, M) -> the same, or (B, 1, 4) zeros and (B, 1) -1."""
+    if gt_labels.shape[1] > 0:
+        return gt_boxes, gt_labels
+    return gt_boxes.new_zeros(gt_boxes.shape[0], 1, 4), gt_labels.new_full((gt_labels.shape[0], 1), -1)
+
+
+def masked_sum(mask: Tensor, values: Tensor) -> Tensor:
+    """Sum of values where mask (same shape); a where(), not an index, so no host sync."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum()
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:

@@ -12,7 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detcli.losses.terms import BOX_LOSSES, CLASS_LOSSES, box_loss, check_choice, class_loss, num_positives
+from detcli.losses.terms import (
+    BOX_LOSSES,
+    CLASS_LOSSES,
+    box_loss,
+    check_choice,
+    class_loss,
+    masked_sum,
+    num_positives,
+    with_padding_slot,
+)
 from detcli.ops.points import boxes_to_offsets, offsets_to_boxes
 
 
@@ -67,8 +76,7 @@ class YOLOXCriterion(nn.Module):
                                              gt_labels)  # (B, R) each
         fg = matched >= 0  # (B, R)
         idx = matched.clamp(min=0)
-        if gt_labels.shape[1] == 0:  # no box in the batch: gathers need one (padding) slot
-            gt_boxes, gt_labels = gt_boxes.new_zeros(gt_boxes.shape[0], 1, 4), gt_labels.new_full((gt_labels.shape[0], 1), -1)
+        gt_boxes, gt_labels = with_padding_slot(gt_boxes, gt_labels)
         tgt_boxes = torch.gather(gt_boxes, 1, idx[..., None].expand(-1, -1, 4))  # (B, R, 4)
         tgt_labels = torch.gather(gt_labels, 1, idx).clamp(min=0)  # (B, R)
         n_pos = num_positives(fg)
@@ -78,16 +86,13 @@ class YOLOXCriterion(nn.Module):
         cls_target = torch.zeros_like(cls_logits).scatter_(2, tgt_labels[..., None], matched_iou[..., None])  # (B, R, C)
         loss_cls = class_loss(self.cls_loss, cls_logits, cls_target, self.focal_alpha, self.focal_gamma).sum(-1)  # (B, R)
         losses = {
-            "loss_box": self.box_weight * _on(fg, loss_box) / n_pos,
+            "loss_box": self.box_weight * masked_sum(fg, loss_box) / n_pos,
             "loss_obj": self.obj_weight * loss_obj / n_pos,
-            "loss_cls": self.cls_weight * _on(fg, loss_cls) / n_pos,
+            "loss_cls": self.cls_weight * masked_sum(fg, loss_cls) / n_pos,
         }
-        # always reported (0 while off), so every step logs the same terms
-        l1 = (offsets - boxes_to_offsets(points, strides, tgt_boxes)).abs().sum(-1)  # (B, R)
-        losses["loss_l1"] = self.l1_weight * _on(fg, l1) / n_pos * float(use_l1)
+        losses["loss_l1"] = n_pos.new_zeros(())  # always reported (0 while off): every step logs the same terms
+        if use_l1:
+            l1 = (offsets - boxes_to_offsets(points, strides, tgt_boxes)).abs().sum(-1)  # (B, R)
+            losses["loss_l1"] = self.l1_weight * masked_sum(fg, l1) / n_pos
         return losses
 
-
-def _on(mask: Tensor, values: Tensor) -> Tensor:
-    """Sum of values where mask (B, R); a where(), not an index, so no host sync."""
-    return torch.where(mask, values, torch.zeros_like(values)).sum()
