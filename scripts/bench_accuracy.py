@@ -7,6 +7,12 @@ COCO mAP. The runs (`--runs`, a comma list; default all five):
 - torchvision: torchvision's FCOS-R18 with its reference recipe
 - yolox: detcli `head=yolox` with its defaults (its PAFPN neck and loss) on the same resnet18
 - ultralytics: ultralytics' YOLOv8n from yolov8n.yaml (random init, no weights file) with its defaults
+- yolox_nano, yolox_tiny, fcos_lite: detcli's small presets (`experiment=<name>`, their own backbones)
+
+`--wall-clock MINUTES` trains each run for that long instead of a number of steps: detcli runs get
+`trainer.time_limit` (the schedule laid over the steps that fit; one evaluation, at the end, inside the
+limit) and ultralytics its `time=` (it refits its epochs and schedule after the first epoch); the default
+runs are then the three presets and ultralytics, and the table shows the mAP each reached and its img/s.
 
 Each tool trains with its own defaults: detcli (before, after, yolox) is given only the data, the image
 size, the batch and the number of steps (plus the device, data workers and one evaluation at the end;
@@ -43,6 +49,7 @@ runs/bench/cache/deepforest_trees_<tile>/ and checked with `detcli data check`.
 
     python scripts/bench_accuracy.py                     # the full benchmark: ~1.5 h per run on 2 CPU cores
     python scripts/bench_accuracy.py --runs yolox,ultralytics    # YOLOX against YOLOv8n only
+    python scripts/bench_accuracy.py --wall-clock 30 --size 256   # the presets and YOLOv8n, 30 minutes each
     python scripts/bench_accuracy.py --device cuda --threads 8
     python scripts/bench_accuracy.py --steps 4 --batch 2 --size 128                 # a smoke run
     python scripts/bench_accuracy.py --synthetic --steps 2 --batch 2 --size 64     # no network: a fake wheel
@@ -86,9 +93,13 @@ SPLITS = {  # held out by image (see the docstring)
 }
 MIN_VISIBLE = 0.5  # a box cut by a tile edge must keep this fraction of its area (else dropped / iscrowd)
 NEGATIVES = 0.1  # tiles without a tree kept, at most this fraction of the tiles with trees
-RUNS = ("before", "after", "torchvision", "yolox", "ultralytics")
-EXTRA_OVERRIDES = {"yolox": ["head=yolox"]}  # the detcli runs that differ from the current defaults
-COMPARISONS = (("after", "before"), ("after", "torchvision"), ("yolox", "ultralytics"), ("yolox", "after"))
+PRESETS = ("yolox_nano", "yolox_tiny", "fcos_lite")  # experiment=<name>: their own backbones
+RUNS = ("before", "after", "torchvision", "yolox", "ultralytics", *PRESETS)
+# the detcli runs that differ from the current defaults
+EXTRA_OVERRIDES = {"yolox": ["head=yolox"], **{p: [f"experiment={p}"] for p in PRESETS}}
+COMPARISONS = (("after", "before"), ("after", "torchvision"), ("yolox", "ultralytics"), ("yolox", "after"),
+               *((p, "ultralytics") for p in PRESETS))
+WALL_CLOCK_RUNS = (*PRESETS, "ultralytics")  # --wall-clock without --runs
 
 
 # ---- the data set --------------------------------------------------------------------------------
@@ -298,10 +309,12 @@ def run_detcli(name: str, tree: Path, data: Path, args, run_dir: Path) -> dict:
     with only the data, the length and the batch given (and the run's head, EXTRA_OVERRIDES):
     everything else is that version's default."""
     shutil.rmtree(run_dir, ignore_errors=True)  # the logs append: a stale run would be read back
+    # the length: the steps, or (--wall-clock) the time limit with one evaluation, at its end
+    length = ([f"trainer.time_limit={args.wall_clock:g}m", f"trainer.eval_interval={10**9}"] if args.wall_clock
+              else [f"trainer.max_steps={args.steps}", f"trainer.eval_interval={args.steps}"])
     overrides = [*data_overrides(data), f"data.image_size={args.size}", f"data.batch_size={args.batch}",
-                 f"data.num_workers={args.workers}", "backbone=resnet18", f"trainer.max_steps={args.steps}",
-                 f"trainer.eval_interval={args.steps}", f"trainer.device={args.device}",
-                 *EXTRA_OVERRIDES.get(name, [])]
+                 f"data.num_workers={args.workers}", *([] if name in PRESETS else ["backbone=resnet18"]),
+                 *length, f"trainer.device={args.device}", *EXTRA_OVERRIDES.get(name, [])]
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
     if args.threads:
@@ -316,7 +329,8 @@ def run_detcli(name: str, tree: Path, data: Path, args, run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "eval_log.jsonl").read_text().splitlines()[-1])
     return {"map": metrics["map"], "map_50": metrics["map_50"], "map_75": metrics["map_75"], "wall_s": wall,
             "train_img_per_s": train_img_per_s(run_dir / "train_log.jsonl", args.batch),
-            "code": f"detcli {revision(tree)}", "run_dir": str(run_dir), "overrides": overrides}
+            "steps": metrics["step"], "code": f"detcli {revision(tree)}", "run_dir": str(run_dir),
+            "overrides": overrides}
 
 
 def read_split(data: Path, split: str) -> list[dict]:
@@ -512,6 +526,7 @@ class TrainingRecord:
     def __init__(self, threads: int):
         self.threads, self.train_s, self.updates, self.t0 = threads, 0.0, 0, 0.0
         self.optimizer: dict = {}
+        self.epochs = 0  # epochs trained (under time=, fewer than asked)
 
     def attach(self, model) -> None:
         model.add_callback("on_pretrain_routine_start", lambda trainer: torch.set_num_threads(self.threads))
@@ -536,6 +551,7 @@ class TrainingRecord:
 
     def epoch_end(self, trainer) -> None:
         self.train_s += time.perf_counter() - self.t0
+        self.epochs += 1
 
 
 def predict_ultralytics(weights: Path, data: Path, view: Path, args) -> list[dict]:
@@ -554,7 +570,8 @@ def predict_ultralytics(weights: Path, data: Path, view: Path, args) -> list[dic
 
 
 def train_ultralytics(view: Path, epochs: int, args, run_dir: Path, record: TrainingRecord) -> Path:
-    """YOLOv8n from yolov8n.yaml trained with ultralytics' defaults; its last.pt (EMA weights)."""
+    """YOLOv8n from yolov8n.yaml trained with ultralytics' defaults; its last.pt (EMA weights). Under
+    --wall-clock, its own time= (hours) sets the length: it refits its epochs and schedule to the time."""
     import ultralytics.engine.trainer
     from ultralytics import YOLO
 
@@ -564,7 +581,7 @@ def train_ultralytics(view: Path, epochs: int, args, run_dir: Path, record: Trai
     model.train(data=str(view / "data.yaml"), epochs=epochs, imgsz=args.size, batch=args.batch,
                 device=ultralytics_device(args.device), workers=args.workers, pretrained=False, plots=False,
                 amp=args.device.startswith("cuda"), val=False, project=str(run_dir.parent), name=run_dir.name,
-                exist_ok=True)
+                exist_ok=True, **({"time": args.wall_clock / 60} if args.wall_clock else {}))
     return run_dir / "weights" / "last.pt"
 
 
@@ -587,6 +604,7 @@ def run_ultralytics(data: Path, args, cache: Path, run_dir: Path) -> dict | None
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
     metrics = coco_map(zip(dets, [s["gt"] for s in read_split(data, "val")], strict=True))
+    epochs = record.epochs or epochs
     return {"map": metrics["map"], "map_50": metrics["map_50"], "map_75": metrics["map_75"],
             "wall_s": time.perf_counter() - t0,
             "train_img_per_s": epochs * n_train / record.train_s if record.train_s else None,
@@ -642,10 +660,13 @@ def run_one(name: str, data: Path, args, cache: Path) -> dict | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--wall-clock", type=float, default=None, metavar="MINUTES",
+                   help="train each run for this long instead of --steps (detcli trainer.time_limit, "
+                        f"ultralytics time=); default runs then: {','.join(WALL_CLOCK_RUNS)}")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=320, help="train and eval image size (the tiles are square)")
     p.add_argument("--tile", type=int, default=400, help="tile side in source pixels")
-    p.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
+    p.add_argument("--runs", default=None, help=f"comma list of {', '.join(RUNS)} (default: the first five)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
     p.add_argument("--workers", type=int, default=2, help="data loader workers (detcli data.num_workers)")
@@ -658,7 +679,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("runs/bench/accuracy"), help="the detcli run folders")
     p.add_argument("--out", default="runs/bench/accuracy.json")
     args = p.parse_args()
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    default_runs = WALL_CLOCK_RUNS if args.wall_clock else RUNS[:5]
+    runs = [r.strip() for r in (args.runs or ",".join(default_runs)).split(",") if r.strip()]
     if unknown := set(runs) - set(RUNS):
         p.error(f"--runs: unknown {sorted(unknown)}; choose from {RUNS}")
     if args.threads:
@@ -672,7 +694,8 @@ def main() -> None:
     results = {name: r for name in runs if (r := run_one(name, data, args, cache)) is not None}
     comparisons = {f"{a} vs {b}": compare(results[a], results[b]) for a, b in COMPARISONS
                    if a in results and b in results}
-    show(results, comparisons, f"from scratch, {args.steps} steps x {args.batch} x {args.size} px, "
+    length = f"{args.wall_clock:g} minutes each" if args.wall_clock else f"{args.steps} steps"
+    show(results, comparisons, f"from scratch, {length} x {args.batch} x {args.size} px, "
                                f"tree crowns ({stats['val']['boxes']} val boxes), {args.device}")
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "data": {"path": str(data), "source": json.loads((data / "source.json").read_text()), **stats},

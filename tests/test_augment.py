@@ -88,6 +88,47 @@ def test_close_mosaic_turns_it_off_for_the_last_epochs(tmp_path):
     assert not ds.mosaic_on and ds.final_phase
 
 
+def test_hsv_jitter_changes_colour_not_boxes_and_the_sample_seed_fixes_it(tmp_path):
+    data = squares(tmp_path)
+    data.augment["mosaic"] = 0.0
+    plain = data.dataset("train")[(0, 5)]
+    data.hsv = [0.015, 0.7, 0.4]
+    ds = data.dataset("train")
+    a, b, c = ds[(0, 5)], ds[(0, 5)], ds[(0, 6)]
+    assert torch.equal(a[0], b[0])  # the same sample seed draws the same gains
+    assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], plain[0])
+    assert torch.equal(a[1]["boxes"], plain[1]["boxes"])  # colour only: the boxes stay
+    # grey stays grey under a hue shift and a saturation gain: only the value gain moves it
+    grey = a[0][:, 0, 0]
+    assert grey[0] == grey[1] == grey[2]
+    with pytest.raises(Exception, match="data.hsv"):
+        CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path), hsv=[0.7, 0.5, 0.5])
+
+
+def test_decoded_cache_gives_the_same_samples(tmp_path):
+    data = squares(tmp_path)
+    data.augment["mosaic"] = 0.0
+    plain = data.dataset("train")
+    data.cache = "decoded"
+    cached = data.dataset("train")
+    assert cached.decoded[0].shape == (3, 48, 64)  # stored at the training size: 80 x 60 -> 64 x 48
+    for key in [(0, 5), (3, 9)]:
+        a, b = plain[key], cached[key]
+        assert torch.equal(a[0], b[0]) and torch.allclose(a[1]["boxes"], b[1]["boxes"])
+    data.augment["mosaic"] = 1.0  # a mosaic of decoded images keeps the boxes on their squares
+    image, target, _ = data.dataset("train")[(0, 3)]
+    for box in target["boxes"].round().long().tolist():
+        x1, y1, x2, y2 = box
+        if x2 - x1 > 4 and y2 - y1 > 4:
+            assert image[:, (y1 + y2) // 2, (x1 + x2) // 2].float().mean() > 200
+    both = CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path), val_ann=str(tmp_path / "ann.json"),
+                    val_images=str(tmp_path), image_size=64, num_workers=0, cache="decoded")
+    val = both.dataset("val")  # evaluation keeps the files' bytes and reads images at their own size
+    assert val.decoded is None and val.cache is not None and val[0][0].shape[-2:] == (48, 64)
+    with pytest.raises(Exception, match="data.cache must be"):
+        CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path), cache="ram")
+
+
 def test_pipeline_from_config_letterbox_mosaic_mixup_cache_train(tmp_path, cache_dir):
     pipeline = ("[{_target_:torchvision.transforms.v2.RandomPhotometricDistort},"
                 "{_target_:torchvision.transforms.v2.RandomIoUCrop},"

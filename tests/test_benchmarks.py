@@ -188,3 +188,31 @@ def test_yolo_view(tmp_path):
     stamp = (view / "data.yaml").stat().st_mtime_ns
     assert yolo_view(coco, tmp_path / "coco_yolo") == view
     assert (view / "data.yaml").stat().st_mtime_ns == stamp
+
+
+def _wall_clock_args(runs: str) -> list[str]:
+    return ["--synthetic", "--wall-clock", "0.2", "--runs", runs, "--batch", "2", "--size", "64", "--workers", "0",
+            "--device", "cpu", "--cache", "cache", "--workdir", "runs", "--out", "out.json"]
+
+
+def test_accuracy_at_equal_wall_clock_runs_a_preset_under_the_time_limit(tmp_path, cache_dir):
+    """--wall-clock: a preset trains for the time (trainer.time_limit) and is scored once, at the end."""
+    proc = run_script("bench_accuracy.py", *_wall_clock_args("yolox_nano"), cwd=tmp_path, home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads((tmp_path / "out.json").read_text())["runs"]["yolox_nano"]
+    assert {"experiment=yolox_nano", "trainer.time_limit=0.2m"} <= set(run["overrides"])
+    assert "backbone=resnet18" not in run["overrides"] and run["steps"] > 2 and 0 <= run["map"] <= 1
+    ckpt = torch.load(Path(run["run_dir"]) / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert abs(ckpt["elapsed_s"] - 12) <= 0.05 * 12 and ckpt["step"] == run["steps"]
+    assert "0.2 minutes each" in proc.stdout
+
+
+@pytest.mark.slow
+def test_accuracy_at_equal_wall_clock_against_ultralytics(tmp_path, cache_dir):
+    needs_yolox_and_ultralytics()
+    proc = run_script("bench_accuracy.py", *_wall_clock_args("yolox_nano,ultralytics"), cwd=tmp_path,
+                      home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert set(result["comparisons"]) == {"yolox_nano vs ultralytics"}
+    assert result["runs"]["ultralytics"]["epochs"] >= 1

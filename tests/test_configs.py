@@ -29,7 +29,8 @@ def test_groups_have_the_promised_options():
     assert {"fpn"} <= set(options("neck")) and {"fcos"} <= set(options("head")) and {"fcos"} <= set(options("loss"))
     assert {"toy", "coco"} <= set(options("data"))
     assert {"default", "cpu", "gpu", "smoke"} <= set(options("trainer"))
-    assert {"toy", "coco_fcos_r50_1x"} <= set(options("experiment"))
+    assert {"toy", "coco_fcos_r50_1x", "yolox_s", "yolox_m", "yolox_nano", "yolox_tiny", "fcos_lite"} <= set(
+        options("experiment"))
 
 
 def test_every_default_key_is_commented():
@@ -70,11 +71,12 @@ def test_every_option_composes(group):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiments_instantiate_their_model_and_data(experiment, cache_dir):
-    small = ["data.num_train=8", "data.num_val=4"] if experiment == "toy" else []
+    toy = compose_train(f"experiment={experiment}").data._target_.endswith("ToyData")
+    small = ["data.num_train=8", "data.num_val=4"] if toy else []  # the small presets train on any data: toy here
     cfg = compose_train(f"experiment={experiment}", "backbone.pretrained=false", *small)
     build_model(cfg, num_classes=5)
     data = instantiate(cfg.data)
-    if experiment == "toy":
+    if toy:
         assert data.num_classes == 3 and len(data.dataset("train")) == 8
     instantiate(cfg.trainer.optimizer)
 

@@ -3,6 +3,7 @@ and the data object that builds datasets and loaders. A format only turns its fi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from detcli.data.collate import Collate, canvas_size
 from detcli.data.sampler import EpochSampler
 from detcli.data.transforms import PAD_VALUE, image_size_of, train_transforms, val_transforms
 from detcli.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,12 +43,14 @@ class DetectionDataset(Dataset):
     meta holds image_id, file_name, orig_size (H, W) and the original gt for evaluation. In training,
     `mosaic` / `mixup` are the probabilities of a YOLOX mosaic of four images (on a 2 * mosaic_size
     canvas) and of mixing it with a second mosaic; `set_epoch` turns them off for the last
-    `close_mosaic` epochs. `cache=True` reads every image file into memory once (shared with the workers).
+    `close_mosaic` epochs. `cache=True` reads every image file into memory once (shared with the workers);
+    `cache="decoded"` keeps the images decoded instead, each at most `mosaic_size` on its longer side (no
+    decoding, and no resize for a mosaic, per epoch; the boxes follow through the load scale).
     """
 
     def __init__(self, records: list[ImageRecord], image_dir: str | Path, transforms, train: bool,
                  mosaic: float = 0.0, mixup: float = 0.0, mosaic_size: int = 640, close_mosaic: float = 0,
-                 cache: bool = False):
+                 cache: bool | str = False):
         self.records = records
         self.image_dir = Path(image_dir).expanduser()
         self.transforms = transforms
@@ -53,7 +58,11 @@ class DetectionDataset(Dataset):
         self.mosaic, self.mixup, self.mosaic_size, self.close_mosaic = mosaic, mixup, mosaic_size, close_mosaic
         self.mosaic_on = mosaic > 0
         self.final_phase = False
-        self.cache = _read_all([self.image_dir / r.file_name for r in records]) if cache else None
+        paths = [self.image_dir / r.file_name for r in records]
+        if cache == "decoded" and not _fits_in_memory(records, mosaic_size):
+            cache = False
+        self.decoded = _decode_all(paths, mosaic_size) if cache == "decoded" else None
+        self.cache = _read_all(paths) if cache is True else None
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Mosaic and mixup stop for the last `close_mosaic` epochs, or for that fraction of the run's
@@ -72,7 +81,10 @@ class DetectionDataset(Dataset):
         training), and the scale from annotation to file pixels."""
         rec = self.records[i]
         path = self.image_dir / rec.file_name
-        image = read_image(path, self.cache[i] if self.cache is not None else None)
+        if self.decoded is not None:
+            image = self.decoded[i] if self.decoded[i] is not None else read_image(path)  # None: reported here
+        else:
+            image = read_image(path, self.cache[i] if self.cache is not None else None)
         H, W = image.shape[-2:]
         scale = np.array([W / rec.width, H / rec.height] * 2, dtype=np.float32) if rec.width else np.ones(4)
         keep = ~rec.iscrowd if self.train else np.ones(len(rec.labels), dtype=bool)
@@ -130,6 +142,44 @@ def _read_all(paths: list[Path]) -> list[bytes | None]:
         return list(pool.map(read, paths))
 
 
+def _fits_in_memory(records: list[ImageRecord], side: int) -> bool:
+    """Whether data.cache=decoded takes at most half the memory available now; if not, a warning says so
+    and the images are read from disk (as ultralytics' cache=ram does)."""
+    need = sum(3 * r.height * r.width * min(1.0, side / max(r.height, r.width, 1)) ** 2 for r in records)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf: nothing to check against
+        return True
+    if need > available / 2:
+        log.warning("data.cache=decoded would take about %.1f GiB for %d training images at %d px, more than half "
+                    "of the %.1f GiB available: the images are read from disk instead", need / 2**30, len(records),
+                    side, available / 2**30)
+        return False
+    return True
+
+
+def _decode_all(paths: list[Path], side: int) -> list[torch.Tensor | None]:
+    """Every image decoded (in parallel), shrunk to at most `side` on its longer side; an unreadable one
+    stays None (read_image reports it when the image is used)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torchvision.transforms.v2 import functional as F
+
+    def decode(p: Path) -> torch.Tensor | None:
+        try:
+            image = read_image(p)
+        except DataError:
+            return None
+        h, w = image.shape[-2:]
+        if max(h, w) > side:
+            scale = side / max(h, w)
+            image = F.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+        return image.clone()
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(decode, paths))
+
+
 def read_image(path: Path, content: bytes | None = None) -> torch.Tensor:
     """RGB uint8 (3, H, W) of a file (or of its bytes, read before); a missing or undecodable file is
     a DataError naming it."""
@@ -153,6 +203,7 @@ class DetectionData:
         image_size=(800, 1333),
         size_divisible: int = 32,
         hflip: float = 0.5,
+        hsv: list[float] | None = None,
         batch_size: int = 16,
         val_batch_size: int | None = None,
         num_workers: int | str = "auto",
@@ -166,7 +217,7 @@ class DetectionData:
         mixup: float = 0.0,
         close_mosaic: float = 0,
         multiscale: list[int] | None = None,
-        cache: bool = False,
+        cache: bool | str = False,
     ):
         self.steps = {"train": train_transforms, "val": val_transforms}
         self.letterbox = letterbox
@@ -174,12 +225,18 @@ class DetectionData:
             raise ConfigError(f"data.multiscale must be null or [min, max] sides with 0 < min <= max, got {multiscale}")
         self.multiscale = tuple(int(v) for v in multiscale) if multiscale is not None else None
         self.augment = {"mosaic": mosaic, "mixup": mixup, "close_mosaic": close_mosaic}
+        if cache not in (False, True, "decoded"):
+            raise ConfigError(f"data.cache must be false, true (the image files in memory) or decoded (the training "
+                              f"images decoded in memory), got {cache!r}")
         self.cache = cache
         self.on_bad = on_bad
         self.check_images = check_images
         self.image_size = image_size_of(image_size)
         self.size_divisible = size_divisible
         self.hflip = hflip
+        if hsv is not None and (len(hsv) != 3 or not 0 <= hsv[0] <= 0.5 or min(hsv) < 0):
+            raise ConfigError(f"data.hsv must be null or [h, s, v] with 0 <= h <= 0.5 and s, v >= 0, got {list(hsv)}")
+        self.hsv = list(hsv) if hsv is not None else None
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = worker_count(num_workers)
@@ -245,13 +302,14 @@ class DetectionData:
         what = f"the {split} split"
         if split == "train":
             records, note = apply_policy(records, defects, self.on_bad, what), ""
-            tf = train_transforms(self.image_size, self.hflip, self.steps["train"])
+            tf = train_transforms(self.image_size, self.hflip, self.steps["train"], self.hsv)
             side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
             ds = DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
         else:
             records, note = val_policy(records, defects, self.on_bad, what)
             tf = val_transforms(self.image_size, self.steps["val"])
-            ds = DetectionDataset(records, root, tf, False, cache=self.cache)
+            # evaluation reads images at their own size: the decoded cache is the training split's
+            ds = DetectionDataset(records, root, tf, False, cache=bool(self.cache))
         ds.defects, ds.defect_note = defects, note
         return ds
 

@@ -29,6 +29,11 @@ class Progress:
     def __exit__(self, *exc):
         self.bar.__exit__(*exc)
 
+    def set_total(self, total: int) -> None:
+        if total != self.total:
+            self.total = total
+            self.bar.update(self.task, total=total)
+
     def advance(self, step: int) -> None:
         self.bar.update(self.task, completed=step)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 from omegaconf import DictConfig
 from torch.optim.lr_scheduler import LambdaLR
@@ -104,6 +105,10 @@ def check(cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> None:
                         late, total_steps, steps_per_epoch)
 
 
-def build_scheduler(optimizer, total_steps: int, steps_per_epoch: int, cfg: DictConfig) -> LambdaLR:
-    check(cfg, total_steps, steps_per_epoch)
-    return LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, cfg))
+def build_scheduler(optimizer, total_steps: int | Callable[[], int], steps_per_epoch: int,
+                    cfg: DictConfig) -> LambdaLR:
+    """total_steps: the run's length, or a function giving it at each step (a time-limited run's estimate,
+    engine/budget.py: the schedule is laid out over the current estimate)."""
+    total = total_steps if callable(total_steps) else (lambda: total_steps)
+    check(cfg, total(), steps_per_epoch)
+    return LambdaLR(optimizer, lambda step: lr_factor(step, total(), steps_per_epoch, cfg))

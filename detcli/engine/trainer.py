@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
+from detcli.engine.budget import TimeBudget, parse_duration
 from detcli.engine.checkpoint import rng_state, rotate_save, set_rng_state
 from detcli.engine.evaluator import evaluate
 from detcli.engine.loggers import NullLogger
@@ -79,6 +80,7 @@ def _validate(t: DictConfig) -> None:
         raise ConfigError(f"trainer.scheduler.name must be one of {list(NAMES)}, got '{t.scheduler.name}'.")
     if t.max_steps is not None and int(t.max_steps) < 1:
         raise ConfigError(f"trainer.max_steps must be at least 1 (or null to use trainer.epochs), got {t.max_steps}.")
+    parse_duration(t.get("time_limit"))
 
 
 class NonFiniteLoss(DetcliError):
@@ -138,6 +140,14 @@ class Trainer:
             )
         self.total_steps = int(t.max_steps) if t.max_steps else int(t.epochs) * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        # trainer.time_limit: the length is what fits in the time (engine/budget.py); the configured one
+        # stands in until the first steps are measured
+        limit = parse_duration(t.get("time_limit"))
+        val_batches = len(val_loader.dataset) / max(1, train_loader.batch_size) if val_loader is not None else 0
+        # before the first evaluation is timed, guess it as a training step per training batch of images (an
+        # overestimate of the forward pass that leaves room for postprocessing and the metric)
+        self.budget = TimeBudget(limit, eval_in_steps=val_batches) if limit else None
+        self.configured_steps = self.total_steps
         self.net = self._wrap_ddp(self.model)
         if t.compile:
             self.net = compiled(self.net)
@@ -147,12 +157,15 @@ class Trainer:
         scale = lr_scale(t, global_batch)
         self.optimizer = build_optimizer(t.optimizer, self.model, scale)
         try:
-            self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch, t.scheduler)
+            self.scheduler = build_scheduler(self.optimizer, lambda: self.total_steps, self.steps_per_epoch,
+                                             t.scheduler)
         except ValueError as e:
             raise ConfigError(str(e)) from e
         log.info("lr %g (%s), schedule: %s", self.optimizer.param_groups[0]["initial_lr"],
                  f"scaled x{scale:g} for the global batch {global_batch}" if scale != 1 else "as configured",
-                 describe(self.total_steps, self.steps_per_epoch, t.scheduler))
+                 describe(self.total_steps, self.steps_per_epoch, t.scheduler) if not self.budget else
+                 f"{t.scheduler.name} over the steps that fit in trainer.time_limit={t.time_limit} "
+                 f"(estimated as it goes; trainer.epochs / max_steps are not used)")
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
         self.ema = ModelEmaV3(self.model, decay=t.ema.decay, use_warmup=t.ema.warmup) if t.ema.enabled else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -255,14 +268,23 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
-        log.info("training steps %d..%d (%d per epoch), %s, %s", self.step + 1, self.total_steps,
+        log.info("training steps %d..%s (%d per epoch), %s, %s", self.step + 1,
+                 self.total_steps if not self.budget else f"the limit of {self.t.time_limit}",
                  self.steps_per_epoch, self.device, self.t.precision)
         batches = self.batches()
+        if self.budget:
+            self.budget.start()
+        session_steps = 0
         with Progress(self.total_steps, self.step, enabled=self.main) as progress, StopRequest() as stop:
             self.progress = progress
             while self.step < self.total_steps:
+                if self.budget:
+                    self.set_total(self.budget.total_steps(self.step, self.configured_steps))
                 losses = self.run_step(batches)
                 self.step += 1
+                session_steps += 1
+                if self.budget:
+                    self.budget.step_done(session_steps, self.step)
                 if losses is not None:
                     self._accumulate_losses(losses)
                 if self.step % int(self.t.log_interval) == 0 or self.step == self.total_steps:
@@ -278,8 +300,22 @@ class Trainer:
                     progress.print(f"stopped by {stop.name} after step {self.step}; resume with resume=auto")
                     raise SystemExit(stop.exit_code if stop.requested else 143)
         self.logger.close()
-        return {"step": self.step, "best_map": self.best_map, "last": self.last_metrics,
-                "skipped_steps": self.skipped_steps}
+        out = {"step": self.step, "best_map": self.best_map, "last": self.last_metrics,
+               "skipped_steps": self.skipped_steps}
+        if self.budget:
+            out["elapsed_s"] = self.budget.elapsed_s
+        return out
+
+    def set_total(self, total: int) -> None:
+        """A time-limited run's current estimate of its length (every rank takes the smallest: the ranks
+        must stop after the same step)."""
+        if dist.is_available() and dist.is_initialized():
+            n = torch.tensor([total], device=self.device)
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)
+            total = int(n.item())
+        self.total_steps = total
+        self.epochs = math.ceil(total / self.steps_per_epoch)
+        self.progress.set_total(total)
 
     def _stop_everywhere(self, requested: bool, sync_now: bool) -> bool:
         """A signal reaches the ranks at different steps: they stop together after the same step, checked
@@ -312,6 +348,8 @@ class Trainer:
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": sum(means), **terms,
                   "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": world * images / max(now - t0, 1e-9)}
+        if self.budget:  # a time-limited run: its clock and its current estimate of the length
+            record["elapsed_s"], record["total_steps"] = self.budget.elapsed_s, self.total_steps
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
         record["peak_mem_gb"] = _peak_memory_gb(self.device)
@@ -343,6 +381,8 @@ class Trainer:
             else:
                 self.bad_evals += 1
             self.save("last.pt")
+            if self.budget:  # evaluation and saving are paid from the budget: the final one is kept back
+                self.budget.record_eval(time.perf_counter() - t0)
             patience = self.t.patience
             if patience and self.bad_evals >= int(patience):
                 self.progress.print(f"early stop: no better val mAP in {patience} evaluations")
@@ -373,6 +413,8 @@ class Trainer:
             "bad_evals": self.bad_evals,
             "skipped_steps": self.skipped_steps,
             "metrics": self.last_metrics,
+            "elapsed_s": self.budget.elapsed_s if self.budget else None,
+            "total_steps": self.total_steps,
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "meta": self.meta,
@@ -399,6 +441,9 @@ class Trainer:
         for group, fresh in zip(self.optimizer.param_groups, settings):
             group.update(fresh)
         self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        if self.budget and ckpt.get("total_steps"):  # a time-limited run: the length it had reached
+            self.total_steps = max(int(ckpt["total_steps"]), ckpt["step"])
+            self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         factor = self.scheduler.lr_lambdas[0](ckpt["step"])
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
@@ -407,6 +452,9 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best_map, self.bad_evals = ckpt["best_map"], ckpt.get("bad_evals", 0)
         self.skipped_steps, self.last_metrics = ckpt.get("skipped_steps", 0), ckpt.get("metrics")
+        if self.budget and ckpt.get("elapsed_s") is not None:  # the clock goes on where it stopped
+            self.budget.before_s = float(ckpt["elapsed_s"])
+            self.configured_steps = max(self.configured_steps, int(ckpt.get("total_steps") or 0))
         set_rng_state(ckpt["rng"])
 
 

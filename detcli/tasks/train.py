@@ -58,6 +58,9 @@ def run(cfg: DictConfig) -> float:
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     result = trainer.fit()
+    if "elapsed_s" in result:
+        log.info("trainer.time_limit=%s: %d steps in %.1f s", cfg.trainer.time_limit, result["step"],
+                 result["elapsed_s"])
     log.info("done: best mAP %.4f; checkpoints in %s", result["best_map"], out / "checkpoints")
     return result["best_map"]
 
