@@ -70,3 +70,24 @@ def test_a_time_limited_run_ends_at_the_limit_with_its_schedule_complete(tmp_pat
     evals = (tmp_path / "eval_log.jsonl").read_text().splitlines()
     assert json.loads(evals[-1])["step"] == ckpt["step"]  # the final evaluation
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_resumed_time_limited_run_continues_the_clock(tmp_path, cache_dir):
+    """Stopped by SIGTERM part-way and resumed, the run spends what was left of its limit, not a new one."""
+    import signal
+
+    from test_trainer import start, wait_for_step
+
+    limit, run = 16.0, tmp_path / "run"
+    args = [*TINY, f"trainer.time_limit={limit:g}s", "trainer.eval_interval=20", "trainer.log_interval=5",
+            f"hydra.run.dir={run}"]
+    proc = start(*args)
+    wait_for_step(run, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    stopped = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert 0 < stopped["elapsed_s"] < limit and stopped["step"] < stopped["total_steps"]
+    detcli("train", *args, "resume=auto")
+    done = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert abs(done["elapsed_s"] - limit) <= 0.05 * limit, done["elapsed_s"]
+    assert done["step"] == done["total_steps"] > stopped["step"]

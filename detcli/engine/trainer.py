@@ -454,7 +454,8 @@ class Trainer:
         self.skipped_steps, self.last_metrics = ckpt.get("skipped_steps", 0), ckpt.get("metrics")
         if self.budget and ckpt.get("elapsed_s") is not None:  # the clock goes on where it stopped
             self.budget.before_s = float(ckpt["elapsed_s"])
-            self.configured_steps = max(self.configured_steps, int(ckpt.get("total_steps") or 0))
+            # until this session's steps are measured, the length reached before stands in
+            self.configured_steps = max(int(ckpt.get("total_steps") or self.configured_steps), ckpt["step"] + 2)
         set_rng_state(ckpt["rng"])
 
 
