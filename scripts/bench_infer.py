@@ -4,6 +4,10 @@ classification biases are set so that every candidate starts at the same score (
 decode and suppress a comparable number of candidates, each with its own default postprocess.
 
 - `--head fcos` (default): detcli FCOS against torchvision's FCOS on the same backbone architecture.
+- `--head faster_rcnn`: detcli Faster R-CNN against torchvision's FasterRCNN (bench_train.py says how it is
+  built). A softmax over 81 classes cannot give every class 0.2: both sides' box predictors start with
+  four classes at 0.2 each and the background at 0.2, the others near 0, so each proposal brings four
+  candidates into the class-wise NMS on both sides.
 - `--head yolox`: detcli YOLOX (cs3darknet_s where detcli has that preset, else resnet18; --backbone
   overrides), `model(images)` in eval mode, against ultralytics' YOLOv8n from yolov8n.yaml as its
   validator runs it: Conv+BN fused, forward, then its own non_max_suppression at its val defaults
@@ -17,6 +21,7 @@ decode and suppress a comparable number of candidates, each with its own default
 
     python scripts/bench_infer.py                      # CPU: FCOS resnet18, 256 px, batch 8
     python scripts/bench_infer.py --head yolox --size 256 --batch 8
+    python scripts/bench_infer.py --head faster_rcnn --size 256 --batch 8
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from _common import (
     ultralytics_nms,
     yolov8n,
 )
-from bench_train import PEERS, torchvision_fcos
+from bench_train import PEERS, TORCHVISION_MODELS
 
 SCORE = 0.2  # every candidate's initial score, on both sides
 
@@ -50,7 +55,20 @@ def logit(p: float) -> float:
     return -math.log((1 - p) / p)
 
 
+def four_class_prior(layer: torch.nn.Linear, background: int) -> None:
+    """Softmax classifier with 4 classes and the background at SCORE each (logit 0), the rest at e^-30."""
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.constant_(layer.bias, -30.0)
+    with torch.no_grad():
+        first = 1 if background == 0 else 0
+        layer.bias[first : first + 4] = 0.0
+        layer.bias[background] = 0.0
+
+
 def set_detcli_prior(model, head: str) -> None:
+    if head == "faster_rcnn":
+        four_class_prior(model.head.cls_score, background=model.head.num_classes)  # background last
+        return
     if head == "fcos":
         torch.nn.init.constant_(model.head.cls_logits.bias, logit(SCORE))
         return
@@ -62,8 +80,11 @@ def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_c
     """The peer's inference on the same images (decode + NMS) as zero-argument functions, by run name:
     ultralytics also without decode and NMS ("ultralytics network"); none where it is not installed."""
     if peer == "torchvision":
-        model = torchvision_fcos(args.backbone, args.size, num_classes)
-        torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(SCORE))
+        model = TORCHVISION_MODELS[args.head](args.backbone, args.size, num_classes)
+        if args.head == "faster_rcnn":
+            four_class_prior(model.roi_heads.box_predictor.cls_score, background=0)  # torchvision: background first
+        else:
+            torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(SCORE))
         model = model.to(device).eval()
         tv_images = list(images.float() / 255)
         return {peer: torch.no_grad()(lambda: model(tv_images))}
@@ -85,8 +106,8 @@ def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_c
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", default="fcos", choices=list(PEERS),
-                   help="fcos: against torchvision, yolox: against ultralytics")
-    p.add_argument("--backbone", default=None, help="default: resnet18 (fcos), cs3darknet_s (yolox)")
+                   help="fcos, faster_rcnn: against torchvision; yolox: against ultralytics")
+    p.add_argument("--backbone", default=None, help="default: resnet18 (fcos, faster_rcnn), cs3darknet_s (yolox)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=5)

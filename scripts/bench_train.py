@@ -4,6 +4,9 @@ step (assignment, losses, optimizer) over forward + backward + optimizer step of
 neck + head with a trivial loss. A step is forward + loss + backward + optimizer step on both sides.
 
 - `--head fcos` (default): detcli FCOS against torchvision's FCOS on the same backbone architecture.
+- `--head faster_rcnn`: detcli Faster R-CNN against torchvision's FasterRCNN (fasterrcnn_resnet50_fpn's
+  layout: resnet C2-C5, FPN P2-P5 + max-pooled P6, RPN, MultiScaleRoIAlign, TwoMLPHead) on the same
+  backbone architecture, size and RPN / RoI sampling settings (detcli's defaults).
 - `--head yolox`: detcli YOLOX (cs3darknet_s where detcli has that preset, else resnet18; --backbone
   overrides) against ultralytics' YOLOv8n built from yolov8n.yaml with the same classes, its loss at
   its default gains (ultralytics/cfg/default.yaml). ultralytics is the optional `bench` extra
@@ -11,6 +14,7 @@ neck + head with a trivial loss. A step is forward + loss + backward + optimizer
 
     python scripts/bench_train.py                              # CPU: FCOS resnet18, 256 px, batch 8
     python scripts/bench_train.py --head yolox --size 256 --batch 8
+    python scripts/bench_train.py --head faster_rcnn --backbone resnet50 --size 400 --batch 4
     python scripts/bench_train.py --backbone resnet50 --size 800 --batch 8 --precision bf16 --channels-last
 """
 
@@ -36,7 +40,7 @@ from _common import (
 )
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PEERS = {"fcos": "torchvision", "yolox": "ultralytics"}  # the peer each head is measured against
+PEERS = {"fcos": "torchvision", "yolox": "ultralytics", "faster_rcnn": "torchvision"}  # each head's peer
 PEER_NAMES = {"torchvision": "torchvision (target >= 1.5 on CPU)", "ultralytics": "ultralytics YOLOv8n"}
 
 
@@ -53,6 +57,23 @@ def torchvision_fcos(backbone: str, size: int, num_classes: int):
                 detections_per_img=100, topk_candidates=1000)
 
 
+def torchvision_faster_rcnn(backbone: str, size: int, num_classes: int):
+    """torchvision.models.detection.FasterRCNN as fasterrcnn_resnet50_fpn builds it (resnet C2-C5, FPN with
+    a max-pooled P6, RPN, MultiScaleRoIAlign, TwoMLPHead), with detcli's RPN and RoI settings."""
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    net = getattr(torchvision.models, backbone)(weights=None)
+    fpn = _resnet_fpn_extractor(net, 5)  # all layers trained, as detcli's default freeze_at=0
+    return FasterRCNN(fpn, num_classes + 1, min_size=size, max_size=size, rpn_pre_nms_top_n_train=2000,
+                      rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_train=1000, rpn_post_nms_top_n_test=1000,
+                      box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100)
+
+
+TORCHVISION_MODELS = {"fcos": torchvision_fcos, "faster_rcnn": torchvision_faster_rcnn}
+
+
 def trivial_loss(out: dict) -> torch.Tensor:
     """The mean of every predicted tensor (those with a gradient; the grid constants have none)."""
     return sum(v.float().mean() for v in out.values() if torch.is_tensor(v) and v.requires_grad)
@@ -65,7 +86,7 @@ def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
 def peer_loss(peer: str, args, batch: dict, fmt, device: torch.device, num_classes: int):
     """(model, zero-argument loss function) of the peer on the same batch; None where it is missing."""
     if peer == "torchvision":
-        model = torchvision_fcos(args.backbone, args.size, num_classes)
+        model = TORCHVISION_MODELS[args.head](args.backbone, args.size, num_classes)
         model = model.to(device).to(memory_format=fmt).train()
         images = list((batch["images"].float() / 255).contiguous(memory_format=fmt))
         targets = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
@@ -81,9 +102,9 @@ def peer_loss(peer: str, args, batch: dict, fmt, device: torch.device, num_class
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", default="fcos", choices=list(PEERS),
-                   help="fcos: against torchvision, yolox: against ultralytics")
+                   help="fcos, faster_rcnn: against torchvision; yolox: against ultralytics")
     p.add_argument("--backbone", default=None,
-                   help="default: resnet18 (fcos; the same architecture in timm and torchvision), "
+                   help="default: resnet18 (fcos, faster_rcnn; the same architecture in timm and torchvision), "
                         "cs3darknet_s (yolox)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
@@ -123,7 +144,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
 
     runs = {"detcli": lambda: step(opt_ours, lambda: sum(ours(images, targets).values())),
-            "trivial": lambda: step(opt_ours, lambda: trivial_loss(ours.predict(images)))}
+            "trivial": lambda: step(opt_ours, lambda: trivial_loss(ours.predict(images, targets=targets)))}
     theirs = peer_loss(peer, args, batch, fmt, device, C)
     if theirs is not None:
         opt_theirs = sgd(theirs[0])

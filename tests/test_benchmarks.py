@@ -216,3 +216,25 @@ def test_accuracy_at_equal_wall_clock_against_ultralytics(tmp_path, cache_dir):
     result = json.loads((tmp_path / "out.json").read_text())
     assert set(result["comparisons"]) == {"yolox_nano vs ultralytics"}
     assert result["runs"]["ultralytics"]["epochs"] >= 1
+
+
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_infer.py"])
+def test_faster_rcnn_against_torchvision(script, tmp_path, cache_dir):
+    """--head faster_rcnn measures torchvision's FasterRCNN (same backbone, size, RPN and RoI settings) in
+    the same run and prints the ratio."""
+    proc = run_script(script, "--head", "faster_rcnn", "--size", "64", "--batch", "2", "--iters", "1",
+                      "--rounds", "1", "--out", "out.json", cwd=tmp_path, home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert {"detcli", "torchvision"} <= set(result["img_per_s"]) and result["speedup_vs_torchvision"] > 0
+    assert "detcli / torchvision" in proc.stdout
+
+
+@pytest.mark.slow
+def test_memory_of_freezing_and_checkpointing_faster_rcnn(tmp_path, cache_dir):
+    proc = run_script("bench_memory.py", "--head", "faster_rcnn", "--backbone", "resnet18", "--size", "64",
+                      "--batch", "1", "--iters", "1", "--freeze-at", "0", "2", "--out", "out.json", cwd=tmp_path,
+                      home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert len(rows) == 8 and {r["freeze_at"] for r in rows} == {0, 2}

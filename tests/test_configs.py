@@ -29,8 +29,9 @@ def test_groups_have_the_promised_options():
     assert {"fpn"} <= set(options("neck")) and {"fcos"} <= set(options("head")) and {"fcos"} <= set(options("loss"))
     assert {"toy", "coco"} <= set(options("data"))
     assert {"default", "cpu", "gpu", "smoke"} <= set(options("trainer"))
-    assert {"toy", "coco_fcos_r50_1x", "yolox_s", "yolox_m", "yolox_nano", "yolox_tiny", "fcos_lite"} <= set(
-        options("experiment"))
+    assert {"toy", "coco_fcos_r50_1x", "yolox_s", "yolox_m", "yolox_nano", "yolox_tiny", "fcos_lite",
+            "faster_rcnn_400", "coco_faster_rcnn_r50_1x"} <= set(options("experiment"))
+    assert {"fcos", "yolox", "faster_rcnn"} <= set(options("head")) and {"faster_rcnn"} <= set(options("loss"))
 
 
 def test_every_default_key_is_commented():
@@ -85,6 +86,39 @@ def test_head_brings_its_neck_and_loss_and_r50_composes():
     cfg = compose_train("head=fcos", "backbone=resnet50")
     assert cfg.neck._target_.endswith("FPN") and cfg.loss._target_.endswith("FCOSCriterion")
     assert cfg.backbone.name == "resnet50" and cfg.data._target_.endswith("ToyData")
+
+
+@pytest.mark.parametrize("head", options("head"))
+def test_every_head_builds_trains_and_detects(head, cache_dir):
+    """Each head with its defaults: a training step gives finite named losses (also on an image without
+    boxes), eval gives the fixed-shape detections."""
+    cfg = compose_train(f"head={head}", "backbone=resnet10t")
+    model = build_model(cfg, num_classes=3)
+    images = torch.rand(2, 3, 128, 160) * 255
+    targets = {"boxes": torch.tensor([[[10.0, 20, 60, 90]], [[0, 0, 0, 0]]]), "labels": torch.tensor([[1], [-1]])}
+    losses = model.train()(images, targets)
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    with torch.no_grad():
+        out = model.eval()(images, image_sizes=torch.tensor([[128, 160], [100, 120]]))
+    assert out["boxes"].shape == (2, cfg.postprocess.max_det, 4) and out["labels"].shape == (2, cfg.postprocess.max_det)
+
+
+def test_faster_rcnn_brings_its_pyramid_over_any_backbone():
+    cfg = compose_train("head=faster_rcnn", "backbone=resnet50")
+    assert cfg.neck._target_.endswith("FPN") and cfg.loss._target_.endswith("FasterRCNNCriterion")
+    assert list(cfg.backbone.strides) == [4, 8, 16, 32] and cfg.neck.extra_from == "maxpool"
+    model = build_model(cfg, num_classes=3)
+    assert model.neck.strides == [4, 8, 16, 32, 64] and model.head.roi_levels == [0, 1, 2, 3]
+
+
+def test_coco_faster_rcnn_recipe_is_detectron2s_1x():
+    cfg = compose_train("experiment=coco_faster_rcnn_r50_1x")
+    assert cfg.trainer.max_steps == 90000 and cfg.data.batch_size == 16 and cfg.trainer.optimizer.lr == 0.02
+    from detcli.engine.schedule import milestone_steps
+
+    assert milestone_steps(cfg.trainer.scheduler.milestones, 90000, 7330) == [60000, 80000]
+    assert list(cfg.data.image_size) == [800, 1333] and cfg.backbone.freeze_at == 2
 
 
 def test_coco_recipe_is_the_paper_recipe():

@@ -5,13 +5,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
 
 from detcli.build import build_model
 from detcli.cli import config_dir
 from detcli.data.collate import collate
 
 
-@pytest.mark.parametrize("head", ["fcos", "yolox"])
+@pytest.mark.parametrize("head", ["fcos", "yolox", "faster_rcnn"])
 def test_head_overfits_four_images(head, cache_dir):
     torch.manual_seed(0)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -30,8 +31,12 @@ def test_head_overfits_four_images(head, cache_dir):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        first = first if first is not None else loss.item()
-    assert loss.item() < 0.5 * first
+        first = first if first is not None else {k: v.item() for k, v in losses.items()}
+    assert loss.item() < 0.5 * sum(first.values())
+    if head == "faster_rcnn":  # both stages learn: the RPN's terms and the box head's classification
+        # (its box term starts near 0: the sampled RoIs include the gt boxes themselves)
+        for name in ("loss_rpn_cls", "loss_rpn_box", "loss_cls"):
+            assert losses[name].item() < 0.5 * first[name], (name, first[name], losses[name].item())
     model.eval()
     with torch.no_grad():
         dets = model(batch["images"], image_sizes=batch["image_sizes"])
@@ -41,3 +46,9 @@ def test_head_overfits_four_images(head, cache_dir):
     gts = [{"boxes": b[lab >= 0], "labels": lab[lab >= 0]} for b, lab in zip(batch["boxes"], batch["labels"])]
     metric.update(preds, gts)
     assert metric.compute()["map_50"] > 0.9
+    if head == "faster_rcnn":  # the RPN alone: every gt box has a proposal that overlaps it by IoU >= 0.7
+        with torch.no_grad():
+            out = model.predict(batch["images"], batch["image_sizes"])
+        for rois, valid, boxes, labels in zip(out["rois"], out["roi_valid"], batch["boxes"], batch["labels"]):
+            iou = box_iou(boxes[labels >= 0], rois[valid])  # (M, P)
+            assert (iou.amax(1) >= 0.7).all(), iou.amax(1)

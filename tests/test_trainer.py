@@ -47,21 +47,26 @@ def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float =
     raise AssertionError(f"step {step} not reached")
 
 
+def assert_resume_is_exact(tmp_path: Path, args: list[str], kill_at: int, steps: int) -> None:
+    """A run killed with SIGKILL after step `kill_at` and resumed logs the same loss at every one of its
+    `steps` as an uninterrupted run ({tmp_path}/whole and {tmp_path}/killed)."""
+    detcli("train", *args, f"hydra.run.dir={tmp_path}/whole")
+    proc = start(*args, f"hydra.run.dir={tmp_path}/killed")
+    wait_for_step(tmp_path / "killed", kill_at, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert losses(tmp_path / "killed").keys() != set(range(1, steps + 1))
+    detcli("train", *args, f"hydra.run.dir={tmp_path}/killed", "resume=auto")
+    whole, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert resumed[step] == pytest.approx(whole[step], abs=1e-6), step
+
+
 def test_resume_after_sigkill_is_exact(tmp_path, cache_dir):
     """Killed with SIGKILL after step 37 (mid-epoch, with loader workers) and resumed, the run logs the
     same losses up to step 60 as an uninterrupted one."""
-    args = [*FAST, "data.num_workers=2", "trainer.max_steps=60"]
-    detcli("train", *args, f"hydra.run.dir={tmp_path}/whole")
-    proc = start(*args, f"hydra.run.dir={tmp_path}/killed")
-    wait_for_step(tmp_path / "killed", 37, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert losses(tmp_path / "killed").keys() != set(range(1, 61))
-    detcli("train", *args, f"hydra.run.dir={tmp_path}/killed", "resume=auto")
-    whole, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
-    assert sorted(resumed) == list(range(1, 61))
-    for step in range(1, 61):
-        assert resumed[step] == pytest.approx(whole[step], abs=1e-6), step
+    assert_resume_is_exact(tmp_path, [*FAST, "data.num_workers=2", "trainer.max_steps=60"], 37, 60)
     ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 60 and ckpt["ema"] is not None and ckpt["rng"]["torch"].dtype == torch.uint8
 

@@ -5,7 +5,8 @@ One interface for every head:
   the head gets the targets and image sizes too (a two-stage head samples proposals from them), the
   criterion gets the head's outputs, the targets and the training progress; a dict of named losses
   comes back.
-- eval: `model(images, image_sizes=...)` returns fixed-shape detections (boxes, scores, labels).
+- eval: `model(images, image_sizes=...)` returns fixed-shape detections (boxes, scores, labels); the head
+  gets the image sizes too (a two-stage head clips its proposals to them).
 
 Naming: B = images, M = gt boxes per image (padded with label -1).
 """
@@ -60,8 +61,8 @@ class Detector(nn.Module):
             targets = {**targets, "image_sizes": self._sizes(images, sizes)}
             preds = self.head(self.features(images), targets=targets, image_sizes=targets["image_sizes"])
             return self.criterion(preds, targets, progress=self.progress)
-        preds = self.head(self.features(images))
-        return self.postprocess(preds, self._sizes(images, image_sizes))
+        sizes = self._sizes(images, image_sizes)
+        return self.postprocess(self.head(self.features(images), image_sizes=sizes), sizes)
 
     @staticmethod
     def _sizes(images: Tensor, image_sizes: Tensor | None) -> Tensor:
@@ -76,9 +77,9 @@ class Detector(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.neck(self.backbone(x))
 
-    def predict(self, images: Tensor) -> dict:
-        """Raw head outputs (inference mode of the head) for 0-255 images."""
-        return self.head(self.features(images))
+    def predict(self, images: Tensor, image_sizes: Tensor | None = None, targets: dict | None = None) -> dict:
+        """Raw head outputs for 0-255 images (in training mode a two-stage head needs the targets)."""
+        return self.head(self.features(images), targets=targets, image_sizes=self._sizes(images, image_sizes))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for part in (self.backbone, self.neck, self.head):

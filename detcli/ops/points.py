@@ -1,4 +1,5 @@
-"""Grid points of a feature pyramid and the ltrb box coder used by anchor-free heads.
+"""Grid points of a feature pyramid, the box coders of the anchor-free heads, and the per-input-size
+cache of such grids (GridCache, which the anchors of detcli/ops/anchors.py use too).
 
 Naming: B = images, R = points over all levels, L = levels.
 """
@@ -52,18 +53,30 @@ def boxes_to_offsets(points: Tensor, strides: Tensor, boxes: Tensor, eps: float 
     return torch.cat([(centre - points) / s, torch.log(size / s + eps)], dim=-1)
 
 
-class PointGrid:
-    """grid_points for a head's strides, cached per feature sizes and device (they are constants of the
-    input size); recomputed when tracing or exporting so the graph holds the ops, not a constant."""
+class GridCache:
+    """A constant of the input size (grid points, anchors) computed by `make(sizes, device)` once per
+    feature sizes and device; recomputed when tracing or exporting so the graph holds the ops, not a
+    constant."""
+
+    def make(self, sizes: list[tuple[int, int]], device):
+        raise NotImplementedError
+
+    def __call__(self, sizes: list[tuple[int, int]], device):
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.make(sizes, device)
+        key = (tuple(sizes), str(device))
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = self.make(sizes, device)
+        return cache[key]
+
+
+class PointGrid(GridCache):
+    """grid_points for a head's strides: points (R, 2) and their strides (R,)."""
 
     def __init__(self, strides: list[int]):
         self.strides = list(strides)
-        self._cache: dict = {}
 
-    def __call__(self, sizes: list[tuple[int, int]], device) -> tuple[Tensor, Tensor]:
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return grid_points(sizes, self.strides, device)
-        key = (tuple(sizes), str(device))
-        if key not in self._cache:
-            self._cache = {key: grid_points(sizes, self.strides, device)}
-        return self._cache[key]
+    def make(self, sizes: list[tuple[int, int]], device) -> tuple[Tensor, Tensor]:
+        return grid_points(sizes, self.strides, device)

@@ -1,4 +1,5 @@
-"""Feature Pyramid Network (Lin et al. 2017) with stride-2 extra levels (P6/P7 as in FCOS/RetinaNet)."""
+"""Feature Pyramid Network (Lin et al. 2017) with stride-2 extra levels: P6/P7 by convs (FCOS/RetinaNet) or P6
+by max-pooling P5 (Faster R-CNN, for its RPN)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch.utils.checkpoint import checkpoint
 
 class FPN(nn.Module):
     """C3..C5 -> P3..P5 (lateral 1x1 + top-down nearest upsampling + 3x3), then `extra_levels`
-    stride-2 3x3 convs (P6 from P5 when extra_from="output", from C5 when "input"; ReLU before P7).
+    stride-2 3x3 convs (P6 from P5 when extra_from="output", from C5 when "input"; ReLU before P7), or,
+    with extra_from="maxpool", stride-2 max-pools (kernel 1) of the level below (Faster R-CNN's P6).
 
     Advertises `out_channels` (int, every level) and `strides` (one per output level).
     """
@@ -23,8 +25,8 @@ class FPN(nn.Module):
         extra_from: str = "output",
     ):
         super().__init__()
-        if extra_from not in ("output", "input"):
-            raise ValueError(f"neck.extra_from must be 'output' or 'input', got '{extra_from}'")
+        if extra_from not in ("output", "input", "maxpool"):
+            raise ValueError(f"neck.extra_from must be 'output', 'input' or 'maxpool', got '{extra_from}'")
         self.out_channels = out_channels
         self.strides = list(in_strides) + [in_strides[-1] * 2 ** (i + 1) for i in range(extra_levels)]
         self.extra_from = extra_from
@@ -32,7 +34,8 @@ class FPN(nn.Module):
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         first_extra_in = out_channels if extra_from == "output" else in_channels[-1]
         self.extra = nn.ModuleList(
-            nn.Conv2d(first_extra_in if i == 0 else out_channels, out_channels, 3, stride=2, padding=1)
+            nn.MaxPool2d(1, 2) if extra_from == "maxpool"
+            else nn.Conv2d(first_extra_in if i == 0 else out_channels, out_channels, 3, stride=2, padding=1)
             for i in range(extra_levels)
         )
         for m in self.modules():
@@ -56,8 +59,8 @@ class FPN(nn.Module):
             lateral = self.lateral[i](feats[i])
             inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
             outs.insert(0, self.output[i](inner))
-        x = outs[-1] if self.extra_from == "output" else feats[-1]
-        for i, conv in enumerate(self.extra):
-            x = conv(x if i == 0 else F.relu(x))
+        x = feats[-1] if self.extra_from == "input" else outs[-1]
+        for i, layer in enumerate(self.extra):
+            x = layer(x if i == 0 or self.extra_from == "maxpool" else F.relu(x))
             outs.append(x)
         return outs
