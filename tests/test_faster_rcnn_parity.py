@@ -132,3 +132,18 @@ def test_proposals_and_detections_equal_torchvision():
         theirs = torch.cat([tv_dets[b]["boxes"], tv_dets[b]["scores"][:, None], tv_dets[b]["labels"][:, None].float()], 1)
         assert len(ours) == len(theirs) > 10
         torch.testing.assert_close(sorted_rows(ours), sorted_rows(theirs), atol=1e-3, rtol=0)
+
+
+def test_multilevel_roi_align_gradient_equals_multiscale_roi_align():
+    """The channel-parallel CPU backward gives torchvision's feature gradients."""
+    feats = [f.requires_grad_() for f in features()[:4]]
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(2, 30, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 2 + torch.rand(2, 30, 2, generator=g) * 250], -1)
+    weights = torch.randn(60, A, 7, 7, generator=g)
+    tv = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    expected = torch.autograd.grad((tv({str(i): f for i, f in enumerate(feats)}, list(boxes), [(H, W)] * 2)
+                                    * weights).sum(), feats)
+    got = torch.autograd.grad((MultiLevelRoIAlign(STRIDES[:4])(feats, boxes) * weights).sum(), feats)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

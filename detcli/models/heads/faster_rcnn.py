@@ -114,6 +114,10 @@ class FasterRCNNHead(nn.Module):
             if targets is None:
                 raise ValueError("FasterRCNNHead: the targets are needed in training, to sample the RoIs")
             rois, roi_valid, out["roi_matched"] = self.sample_rois(rois, roi_valid, targets)
+        elif not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            # eval: the valid proposals come first; drop the columns no image fills (a traced graph keeps P)
+            keep = max(1, int(roi_valid.sum(1).max()))
+            rois, roi_valid = rois[:, :keep], roi_valid[:, :keep]  # (B, S, 4), (B, S)
         roi_feats = [feats[i] for i in self.roi_levels]
         if self.grad_checkpointing and self.training:
             cls_logits, box_deltas = checkpoint(self._second_stage, rois, *roi_feats, use_reentrant=False)
