@@ -93,7 +93,7 @@ SPLITS = {  # held out by image (see the docstring)
 }
 MIN_VISIBLE = 0.5  # a box cut by a tile edge must keep this fraction of its area (else dropped / iscrowd)
 NEGATIVES = 0.1  # tiles without a tree kept, at most this fraction of the tiles with trees
-PRESETS = ("yolox_nano", "yolox_tiny", "fcos_lite")  # experiment=<name>: their own backbones
+PRESETS = ("yolox_nano", "yolox_tiny", "yolox_r18", "fcos_lite")  # experiment=<name>: their own backbones
 RUNS = ("before", "after", "torchvision", "yolox", "ultralytics", *PRESETS)
 # the detcli runs that differ from the current defaults
 EXTRA_OVERRIDES = {"yolox": ["head=yolox"], **{p: [f"experiment={p}"] for p in PRESETS}}

@@ -96,9 +96,21 @@ def test_every_head_builds_trains_and_detects(head, cache_dir):
     model = build_model(cfg, num_classes=3)
     images = torch.rand(2, 3, 128, 160) * 255
     targets = {"boxes": torch.tensor([[[10.0, 20, 60, 90]], [[0, 0, 0, 0]]]), "labels": torch.tensor([[1], [-1]])}
+    torch.manual_seed(0)
     losses = model.train()(images, targets)
     assert losses and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+    model.set_grad_checkpointing(True)  # the same losses and gradients, recomputed in backward
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    torch.manual_seed(0)
+    again = model(images, targets)
+    sum(again.values()).backward()
+    for name in losses:
+        torch.testing.assert_close(again[name], losses[name])
+    for a, b in zip(grads, [p.grad for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.set_grad_checkpointing(False)
     with torch.no_grad():
         out = model.eval()(images, image_sizes=torch.tensor([[128, 160], [100, 120]]))
     assert out["boxes"].shape == (2, cfg.postprocess.max_det, 4) and out["labels"].shape == (2, cfg.postprocess.max_det)

@@ -19,7 +19,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from detcli.models.heads.faster_rcnn import FasterRCNNHead, FasterRCNNPostprocess
 from detcli.ops import box_coder
 from detcli.ops.anchors import AnchorGrid
-from detcli.ops.roi_align import MultiLevelRoIAlign
+from detcli.ops.roi_align import MultiLevelRoIAlign, restore_order
 
 STRIDES = [4, 8, 16, 32, 64]
 SIZES = [32, 64, 128, 256, 512]
@@ -63,7 +63,7 @@ def test_multilevel_roi_align_equals_multiscale_roi_align():
     boxes = torch.cat([xy, xy + 2 + torch.rand(2, 40, 2, generator=g) * 250], -1)  # (2, 40, 4): all four levels
     tv = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     expected = tv({str(i): f for i, f in enumerate(feats)}, list(boxes), [(H, W)] * 2)
-    ours = MultiLevelRoIAlign(STRIDES[:4])(feats, boxes)
+    ours = restore_order(*MultiLevelRoIAlign(STRIDES[:4])(feats, boxes))
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
@@ -144,6 +144,6 @@ def test_multilevel_roi_align_gradient_equals_multiscale_roi_align():
     tv = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     expected = torch.autograd.grad((tv({str(i): f for i, f in enumerate(feats)}, list(boxes), [(H, W)] * 2)
                                     * weights).sum(), feats)
-    got = torch.autograd.grad((MultiLevelRoIAlign(STRIDES[:4])(feats, boxes) * weights).sum(), feats)
+    got = torch.autograd.grad((restore_order(*MultiLevelRoIAlign(STRIDES[:4])(feats, boxes)) * weights).sum(), feats)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -10,7 +10,9 @@ On CPU, torchvision's roi_align kernels run on one thread: its backward, which s
 feature gradient, took a third of a Faster R-CNN training step at 256 px on 2 cores. The gradient of each
 channel depends on that channel alone, so `_ThreadedRoIAlign` runs torchvision's own backward kernel on
 channel slices, and its forward on slices of the boxes, in torch.get_num_threads() threads: the same
-numbers, bit for bit, in about half the time on 2 cores.
+numbers, bit for bit, in about half the time on 2 cores. It pools the boxes sorted by level into one
+output (no per-level scatter of the large pooled tensor): the caller puts its much smaller results back
+in order with the `order` it returns.
 
 Naming: B = images, S = boxes per image, K = B x S, A = channels, P = output side.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -30,36 +33,53 @@ _POOL: dict[int, ThreadPoolExecutor] = {}
 
 def _threads() -> tuple[int, ThreadPoolExecutor]:
     threads = torch.get_num_threads()
-    return threads, _POOL.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
+    if threads not in _POOL:
+        _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="roi_align")
+    return threads, _POOL[threads]
+
+
+def _backward_slice(grad: Tensor, rois: Tensor, scale: float, output_size: int, shape, sampling_ratio: int) -> Tensor:
+    """torchvision's roi_align backward kernel for a slice of the channels: (k, a, P, P) -> (B, a, H, W)."""
+    B, _, H, W = shape
+    return torch.ops.torchvision._roi_align_backward(grad.contiguous(), rois, scale, output_size, output_size, B,
+                                                       grad.shape[1], H, W, sampling_ratio, False)
 
 
 class _ThreadedRoIAlign(torch.autograd.Function):
-    """roi_align (aligned=False) on CPU: forward on slices of the boxes, backward on slices of the channels,
-    each slice in its own thread (torchvision's kernels, which release the GIL)."""
+    """roi_align (aligned=False) of level-sorted boxes over several levels, on CPU threads: the forward on
+    slices of each level's boxes, the backward on slices of the channels (torchvision's kernels, which
+    release the GIL). rois (K, 5) sorted by level, counts[l] of them on level l -> (K, A, P, P)."""
 
     @staticmethod
-    def forward(ctx, feat: Tensor, rois: Tensor, output_size: int, scale: float, sampling_ratio: int) -> Tensor:
-        ctx.save_for_backward(rois)
-        ctx.shape, ctx.args = feat.shape, (output_size, scale, sampling_ratio)
+    def forward(ctx, rois: Tensor, counts: list[int], output_size: int, scales: list[float], sampling_ratio: int,
+                *feats: Tensor) -> Tensor:
         threads, pool = _threads()
-
-        def one(r: Tensor) -> Tensor:  # (k, A, P, P) for a slice of the boxes
-            return roi_align(feat, r, output_size, scale, sampling_ratio, aligned=False)
-
-        return torch.cat(list(pool.map(one, rois.chunk(threads)))) if len(rois) >= 2 * threads else one(rois)
+        jobs, start = [], 0
+        for feat, scale, n in zip(feats, scales, counts):
+            jobs += [(feat, r, scale) for r in rois[start : start + n].chunk(threads) if len(r)]
+            start += n
+        ctx.save_for_backward(rois)
+        ctx.counts, ctx.args, ctx.shapes = counts, (output_size, scales, sampling_ratio), [f.shape for f in feats]
+        if not jobs:
+            return rois.new_zeros(0, feats[0].shape[1], output_size, output_size)
+        return torch.cat(list(pool.map(lambda j: roi_align(j[0], j[1], output_size, j[2], sampling_ratio,
+                                                           aligned=False), jobs)))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (rois,) = ctx.saved_tensors
-        B, _, H, W = ctx.shape
-        P, scale, ratio = ctx.args
+        P, scales, ratio = ctx.args
         threads, pool = _threads()
-
-        def one(g: Tensor) -> Tensor:  # torchvision's kernel on a slice of the channels
-            return torch.ops.torchvision._roi_align_backward(g.contiguous(), rois, scale, P, P, B, g.shape[1], H, W,
-                                                               ratio, False)
-
-        return torch.cat(list(pool.map(one, grad.chunk(threads, dim=1))), 1), None, None, None, None
+        grads, start = [], 0
+        for shape, scale, n in zip(ctx.shapes, scales, ctx.counts):
+            if n == 0:
+                grads.append(grad.new_zeros(shape))
+                continue
+            r, g = rois[start : start + n], grad[start : start + n]  # this level's boxes and their gradient
+            backward = partial(_backward_slice, rois=r, scale=scale, output_size=P, shape=shape, sampling_ratio=ratio)
+            grads.append(torch.cat(list(pool.map(backward, g.chunk(threads, dim=1))), 1))
+            start += n
+        return (None, None, None, None, None, *grads)
 
 
 class MultiLevelRoIAlign(nn.Module):
@@ -73,26 +93,31 @@ class MultiLevelRoIAlign(nn.Module):
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
         self.mapper = LevelMapper(int(levels[0]), int(levels[-1]), canonical_scale, canonical_level)
 
-    def forward(self, feats: list[Tensor], boxes: Tensor) -> Tensor:
-        """feats: one (B, A, h, w) map per stride; boxes (B, S, 4) x1y1x2y2 in input pixels ->
-        pooled (K, A, P, P), image-major."""
+    def forward(self, feats: list[Tensor], boxes: Tensor) -> tuple[Tensor, Tensor | None]:
+        """feats: one (B, A, h, w) map per stride; boxes (B, S, 4) x1y1x2y2 in input pixels -> pooled
+        (K, A, P, P) and order (K,): row i of pooled is box order[i] of the image-major flattening; order is
+        None when pooled is already image-major (on GPUs and in traced graphs)."""
         B, S = boxes.shape[:2]
         flat = boxes.reshape(-1, 4).float()  # (K, 4): fp32 coordinates even under AMP (bf16 would round to 4 px)
         image = torch.arange(B, device=boxes.device, dtype=flat.dtype).repeat_interleave(S)  # (K,)
         rois = torch.cat([image[:, None], flat], dim=1)  # (K, 5) as roi_align takes them
         levels = self.mapper([flat])  # (K,)
+        feats = [f.float() for f in feats]  # fp32, as torchvision's autocast rule for roi_align runs it anyway
+        scales = [1.0 / s for s in self.strides]
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        shape = (flat.shape[0], feats[0].shape[1], self.output_size, self.output_size)
-        # every box is pooled from exactly one level, so every row is written: no zero fill (but in a graph)
-        out = flat.new_zeros(shape) if tracing else flat.new_empty(shape)  # (K, A, P, P)
-        for level, (feat, stride) in enumerate(zip(feats, self.strides)):
+        if feats[0].device.type == "cpu" and not tracing:
+            order = levels.argsort(stable=True)  # (K,)
+            counts = torch.bincount(levels, minlength=len(feats)).tolist()
+            return _ThreadedRoIAlign.apply(rois[order], counts, self.output_size, scales, self.sampling_ratio,
+                                           *feats), order
+        out = flat.new_zeros(flat.shape[0], feats[0].shape[1], self.output_size, self.output_size)  # (K, A, P, P)
+        for level, (feat, scale) in enumerate(zip(feats, scales)):
             idx = torch.where(levels == level)[0]  # (k,)
-            feat = feat.float()  # fp32, as torchvision's autocast rule for roi_align runs it anyway
-            if feat.device.type == "cpu" and not tracing:
-                pooled = _ThreadedRoIAlign.apply(feat, rois[idx], self.output_size, 1.0 / stride,
-                                                 self.sampling_ratio)  # (k, A, P, P)
-            else:
-                pooled = roi_align(feat, rois[idx], self.output_size, 1.0 / stride, self.sampling_ratio, aligned=False)
-            # in place (no copy of the whole output per level), except in a traced graph
-            out = out.index_put((idx,), pooled) if tracing else out.index_put_((idx,), pooled)
-        return out
+            pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, aligned=False)
+            out = out.index_put((idx,), pooled)  # (k, A, P, P) into their rows
+        return out, None
+
+
+def restore_order(x: Tensor, order: Tensor | None) -> Tensor:
+    """Rows of x (K, ...) computed in MultiLevelRoIAlign's `order`, put back image-major."""
+    return x if order is None else torch.empty_like(x).index_copy_(0, order, x)

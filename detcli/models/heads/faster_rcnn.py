@@ -24,7 +24,7 @@ from detcli.models.heads.rpn import RPNHead, select_proposals
 from detcli.models.postprocess import clip_boxes, nms_topk
 from detcli.ops import box_coder
 from detcli.ops.anchors import AnchorGrid
-from detcli.ops.roi_align import MultiLevelRoIAlign
+from detcli.ops.roi_align import MultiLevelRoIAlign, restore_order
 
 
 class FasterRCNNHead(nn.Module):
@@ -127,7 +127,8 @@ class FasterRCNNHead(nn.Module):
 
     def _second_stage(self, rois: Tensor, *feats: Tensor) -> tuple[Tensor, Tensor]:
         S = rois.shape[1]
-        x = self.box_head(self.roi_align(list(feats), rois))  # (B*S, F)
+        pooled, order = self.roi_align(list(feats), rois)  # (B*S, A, P, P), level-sorted on CPU
+        x = restore_order(self.box_head(pooled), order)  # (B*S, F), image-major
         # reshape, not unflatten: the ONNX exporter writes unflatten's -1 as the traced batch
         cls_logits = self.cls_score(x).reshape(-1, S, self.num_classes + 1)  # (B, S, C + 1)
         box_deltas = self.bbox_pred(x).reshape(-1, S, self.num_classes, 4)  # (B, S, C, 4)
