@@ -30,7 +30,7 @@ def test_groups_have_the_promised_options():
     assert {"toy", "coco"} <= set(options("data"))
     assert {"default", "cpu", "gpu", "smoke"} <= set(options("trainer"))
     assert {"toy", "coco_fcos_r50_1x", "yolox_s", "yolox_m", "yolox_nano", "yolox_tiny", "fcos_lite",
-            "faster_rcnn_400", "coco_faster_rcnn_r50_1x"} <= set(options("experiment"))
+            "faster_rcnn_400", "coco_faster_rcnn_r50_1x", "yolox_r18"} <= set(options("experiment"))
     assert {"fcos", "yolox", "faster_rcnn"} <= set(options("head")) and {"faster_rcnn"} <= set(options("loss"))
 
 

@@ -122,7 +122,7 @@ def test_proposals_and_detections_equal_torchvision():
     tv_dets, _ = roi_heads({k: feat_dict[k] for k in "0123"}, tv_proposals, sizes)
 
     preds = head(feats, image_sizes=torch.tensor(sizes))
-    dets = FasterRCNNPostprocess(C, topk_candidates=10**6)(preds, torch.tensor(sizes))
+    dets = FasterRCNNPostprocess(C)(preds, torch.tensor(sizes))
     for b in range(2):
         ours = preds["rois"][b][preds["roi_valid"][b]]
         assert len(ours) == len(tv_proposals[b]) == 200

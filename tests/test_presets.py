@@ -1,4 +1,4 @@
-"""The small presets (experiment=yolox_nano, yolox_tiny, fcos_lite): the published multipliers, and each
+"""The small presets (experiment=yolox_nano, yolox_tiny, yolox_r18, fcos_lite): the published multipliers, and each
 one trains on the toy set and evaluates through the CLI."""
 
 import json
@@ -26,7 +26,7 @@ def test_yolox_multipliers_and_sizes():
     assert sizes["yolox_tiny"] < sizes["yolox_s"] and sizes["fcos_lite"] < 5e6
 
 
-@pytest.mark.parametrize("preset", ["yolox_nano", "yolox_tiny", "fcos_lite"])
+@pytest.mark.parametrize("preset", ["yolox_nano", "yolox_tiny", "yolox_r18", "fcos_lite"])
 def test_preset_trains_on_the_toy_set_and_evaluates(preset, tmp_path, cache_dir):
     detcli("train", f"experiment={preset}", *SMALL, "trainer.max_steps=4", "trainer.log_interval=2",
            f"hydra.run.dir={tmp_path}/train")

@@ -10,6 +10,7 @@ Naming: B = images, R = points, C = classes, K = candidates per image, D = max_d
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
@@ -56,6 +57,9 @@ def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det:
     b, k = selected[:, 0], selected[:, 2]
     kept_scores = torch.full_like(scores, -1.0).index_put((b, k), scores[b, k])  # (B, K), -1 = dropped
     top_scores, top_idx = kept_scores.topk(min(max_det, K), dim=1)  # (B, D)
+    if top_idx.shape[1] < max_det:  # fewer candidates than max_det: pad, so the output keeps its shape
+        top_scores = F.pad(top_scores, (0, max_det - top_idx.shape[1]), value=-1.0)
+        top_idx = F.pad(top_idx, (0, max_det - top_idx.shape[1]))
     found = top_scores >= 0
     return {
         "boxes": torch.gather(boxes, 1, top_idx[..., None].expand(-1, -1, 4)) * found[..., None],

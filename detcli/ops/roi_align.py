@@ -25,6 +25,7 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torchvision.ops import roi_align
 from torchvision.ops.poolers import LevelMapper
 
@@ -56,24 +57,32 @@ class _ThreadedRoIAlign(torch.autograd.Function):
         threads, pool = _threads()
         jobs, start = [], 0
         for feat, scale, n in zip(feats, scales, counts):
+            feat = feat.contiguous()  # once per level (the kernel would copy a channels-last map in every job)
             jobs += [(feat, r, scale) for r in rois[start : start + n].chunk(threads) if len(r)]
             start += n
         ctx.save_for_backward(rois)
         ctx.counts, ctx.args, ctx.shapes = counts, (output_size, scales, sampling_ratio), [f.shape for f in feats]
         if not jobs:
             return rois.new_zeros(0, feats[0].shape[1], output_size, output_size)
-        return torch.cat(list(pool.map(lambda j: roi_align(j[0], j[1], output_size, j[2], sampling_ratio,
-                                                           aligned=False), jobs)))
+
+        @torch.no_grad()  # grad mode is per thread: no autograd records in the workers
+        def one(job) -> Tensor:
+            feat, r, scale = job
+            return roi_align(feat, r, output_size, scale, sampling_ratio, aligned=False)
+
+        return torch.cat(list(pool.map(one, jobs)))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         (rois,) = ctx.saved_tensors
         P, scales, ratio = ctx.args
         threads, pool = _threads()
         grads, start = [], 0
-        for shape, scale, n in zip(ctx.shapes, scales, ctx.counts):
-            if n == 0:
-                grads.append(grad.new_zeros(shape))
+        for level, (shape, scale, n) in enumerate(zip(ctx.shapes, scales, ctx.counts)):
+            if n == 0 or not ctx.needs_input_grad[5 + level]:
+                grads.append(None if not ctx.needs_input_grad[5 + level] else grad.new_zeros(shape))
+                start += n
                 continue
             r, g = rois[start : start + n], grad[start : start + n]  # this level's boxes and their gradient
             backward = partial(_backward_slice, rois=r, scale=scale, output_size=P, shape=shape, sampling_ratio=ratio)
@@ -87,8 +96,9 @@ class MultiLevelRoIAlign(nn.Module):
                  canonical_scale: int = 224, canonical_level: int = 4):
         super().__init__()
         levels = [math.log2(s) for s in strides]
-        if any(k != int(k) for k in levels) or levels != sorted(levels):
-            raise ValueError(f"RoIAlign levels need increasing power-of-two strides, got {list(strides)}")
+        if any(k != int(k) for k in levels) or levels != list(range(int(levels[0]), int(levels[0]) + len(levels))):
+            raise ValueError(f"head.roi_strides: RoIAlign needs consecutive pyramid levels (strides doubling from one "
+                             f"to the next, e.g. [4, 8, 16, 32]), got {list(strides)}")
         self.strides = list(strides)
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
         self.mapper = LevelMapper(int(levels[0]), int(levels[-1]), canonical_scale, canonical_level)

@@ -152,11 +152,12 @@ class FasterRCNNHead(nn.Module):
 
 class FasterRCNNPostprocess(nn.Module):
     """Softmax scores, the class-specific boxes decoded against the RoIs and clipped, candidates above
-    `score_thresh` and at least `min_size` wide and high, the best `topk_candidates` of them, class-wise NMS,
-    `max_det` per image; the same fixed-shape output as the one-stage heads."""
+    `score_thresh` and at least `min_size` wide and high (the best `topk_candidates` of them when set: none by
+    default, as torchvision and detectron2), class-wise NMS, `max_det` per image; the same fixed-shape output
+    as the one-stage heads."""
 
     def __init__(self, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5, max_det: int = 100,
-                 min_size: float = 1e-2, topk_candidates: int = 4000):
+                 min_size: float = 1e-2, topk_candidates: int | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.score_thresh, self.nms_thresh, self.max_det = score_thresh, nms_thresh, max_det
@@ -173,7 +174,7 @@ class FasterRCNNPostprocess(nn.Module):
             & preds["roi_valid"][..., None].expand(-1, -1, C).flatten(1)  # (B, S*C)
         scores = scores.flatten(1)  # (B, S*C)
         scores = torch.where(keep, scores, torch.full_like(scores, -1.0))
-        top, idx = scores.topk(min(self.topk_candidates, scores.shape[1]), dim=1)  # (B, K)
+        top, idx = scores.topk(min(self.topk_candidates or scores.shape[1], scores.shape[1]), dim=1)  # (B, K)
         boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
         return nms_topk(boxes, top, idx % C, self.nms_thresh, self.max_det, C)
 

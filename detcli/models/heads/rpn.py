@@ -69,7 +69,8 @@ def select_proposals(
         top_levels.append(torch.full_like(idx, level))
         start += n
     boxes = clip_boxes(torch.cat(top_boxes, 1), image_sizes)  # (B, K, 4)
-    scores = torch.cat(top_logits, 1).sigmoid()  # (B, K)
+    # a floor above the exported NonMaxSuppression's score threshold (1e-9): a graph keeps what eager keeps
+    scores = torch.cat(top_logits, 1).sigmoid().clamp(min=1e-6)  # (B, K)
     wide = boxes[..., 2:] - boxes[..., :2]  # (B, K, 2)
     scores = torch.where((wide >= min_size).all(-1), scores, torch.full_like(scores, -1.0))  # tiny: dropped
     kept = nms_topk(boxes, scores, torch.cat(top_levels, 1), nms_thresh, post_nms_topk, len(level_sizes))
