@@ -395,15 +395,8 @@ class Trainer:
         return stop
 
     def save(self, name: str, rotate: bool = True) -> None:
-        """Every rank calls it at the same step: each rank's RNG state is gathered (a two-stage head samples
-        its anchors and RoIs from it, a different number of draws per rank), rank 0 writes."""
-        ranks = [None] * dist.get_world_size() if dist.is_available() and dist.is_initialized() else None
-        if ranks is not None:
-            dist.all_gather_object(ranks, rng_state())
         if self.main:
-            state = self.state_dict()
-            state["rng_ranks"] = ranks
-            rotate_save(state, self.ckpt_dir / name, keep_previous=rotate)
+            rotate_save(self.state_dict(), self.ckpt_dir / name, keep_previous=rotate)
 
     # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -463,13 +456,7 @@ class Trainer:
             self.budget.before_s = float(ckpt["elapsed_s"])
             # until this session's steps are measured, the length reached before stands in
             self.configured_steps = max(int(ckpt.get("total_steps") or self.configured_steps), ckpt["step"] + 2)
-        ranks = ckpt.get("rng_ranks")
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        set_rng_state(ranks[rank] if ranks and len(ranks) == dist_world() else ckpt["rng"])
-
-
-def dist_world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        set_rng_state(ckpt["rng"])
 
 
 def _peak_memory_gb(device: torch.device) -> float:
