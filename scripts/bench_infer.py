@@ -46,7 +46,7 @@ from _common import (
     ultralytics_nms,
     yolov8n,
 )
-from bench_train import PEERS, TORCHVISION_MODELS
+from bench_train import PEERS, TORCHVISION_MODELS, share_faster_rcnn_weights
 
 SCORE = 0.2  # every candidate's initial score, on both sides
 
@@ -76,13 +76,13 @@ def set_detcli_prior(model, head: str) -> None:
         torch.nn.init.constant_(pred.bias, logit(math.sqrt(SCORE)))
 
 
-def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_classes: int) -> dict:
+def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_classes: int, ours) -> dict:
     """The peer's inference on the same images (decode + NMS) as zero-argument functions, by run name:
     ultralytics also without decode and NMS ("ultralytics network"); none where it is not installed."""
     if peer == "torchvision":
         model = TORCHVISION_MODELS[args.head](args.backbone, args.size, num_classes)
-        if args.head == "faster_rcnn":
-            four_class_prior(model.roi_heads.box_predictor.cls_score, background=0)  # torchvision: background first
+        if args.head == "faster_rcnn":  # the same network (and so the same proposals), the same class prior
+            share_faster_rcnn_weights(model, ours)
         else:
             torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(SCORE))
         model = model.to(device).eval()
@@ -132,7 +132,7 @@ def main() -> None:
     set_detcli_prior(ours, args.head)
     ours = ours.to(device).eval()
 
-    runs = {"detcli": torch.no_grad()(lambda: ours(images)), **peer_runs(peer, args, images, device, C)}
+    runs = {"detcli": torch.no_grad()(lambda: ours(images)), **peer_runs(peer, args, images, device, C, ours)}
     if f"{peer} network" in runs:  # the same without decode and NMS, for what the postprocess costs
         runs["detcli network"] = torch.no_grad()(lambda: ours.predict(images))
     session = onnx_session(ours, images) if device.type == "cpu" else None
@@ -152,7 +152,8 @@ def summarize(args, device: torch.device, peer: str, ips: dict[str, float]) -> N
               f"speedup_vs_{peer}": ips["detcli"] / ips[peer] if peer in ips else None}
     extra = []
     if peer in ips:
-        name = "torchvision (target >= 1.3 on CPU)" if peer == "torchvision" else "ultralytics YOLOv8n"
+        name = {"fcos": "torchvision (target >= 1.3 on CPU)", "faster_rcnn": "torchvision (target > 1)"}.get(
+            args.head, "ultralytics YOLOv8n")
         extra.append((f"detcli / {name}", f"{result[f'speedup_vs_{peer}']:.2f}x"))
     if f"{peer} network" in ips:
         result[f"network_speedup_vs_{peer}"] = ips["detcli network"] / ips[f"{peer} network"]

@@ -68,3 +68,23 @@ def test_freeze_at_freezes_stem_and_first_stage():
     assert not any(p.requires_grad for p in b.body.layer1.parameters())
     assert all(p.requires_grad for p in b.body.layer2.parameters())
     assert type(b.body.bn1).__name__ == "FrozenBatchNorm2d"
+
+
+def test_grad_checkpointing_survives_per_module_checkpoints_of_inplace_stems():
+    """timm < 1.0.31 checkpoints each top-level module alone, the stem's ReLU(inplace=True) too, which
+    failed in backward on a GPU; with checkpointing on, detcli runs those modules out of place."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    b = TimmBackbone("resnet18", strides=[8])
+    assert b.body.act1.inplace
+    b.set_grad_checkpointing(True)
+    assert not b.body.act1.inplace
+    x = torch.randn(2, 3, 64, 64)
+    modules = list(b.body.children())
+    for i, module in enumerate(modules):  # the old wrapper: every module but the first and last checkpointed
+        x = module(x) if i in (0, len(modules) - 1) else checkpoint(module, x, use_reentrant=False)
+    x.sum().backward()
+    assert b.body.conv1.weight.grad is not None
+    b.set_grad_checkpointing(False)
+    assert b.body.act1.inplace

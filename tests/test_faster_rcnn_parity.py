@@ -147,3 +147,34 @@ def test_multilevel_roi_align_gradient_equals_multiscale_roi_align():
     got = torch.autograd.grad((restore_order(*MultiLevelRoIAlign(STRIDES[:4])(feats, boxes)) * weights).sum(), feats)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_whole_model_equals_torchvision_faster_rcnn_with_shared_weights():
+    """`detcli` Faster R-CNN (timm resnet18, FPN with max-pooled P6, RPN, RoI head, postprocess) against
+    torchvision's FasterRCNN (its transform, resnet18 + FPN extractor, RPN, RoIHeads) holding the same weights,
+    as scripts/bench_*.py compare them: the same detections from 0-255 images (1e-3 px, 1e-4 in score)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from _common import compose_model
+    from bench_train import share_faster_rcnn_weights, torchvision_faster_rcnn
+
+    torch.manual_seed(0)
+    ours, _ = compose_model(["backbone=resnet18", "head=faster_rcnn"], num_classes=C)
+    with torch.no_grad():  # spread the scores (the init's are nearly all equal)
+        ours.head.rpn.cls_logits.weight.normal_(0, 0.3)
+        ours.head.cls_score.weight.normal_(0, 0.05)
+        ours.head.bbox_pred.weight.normal_(0, 0.05)
+    ours.eval()
+    theirs = torchvision_faster_rcnn("resnet18", 128, C)
+    share_faster_rcnn_weights(theirs, ours)
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    dets, tv_dets = ours(images), theirs.eval()(list(images.float() / 255))
+    for b in range(2):
+        keep = dets["labels"][b] >= 0
+        mine = torch.cat([dets["boxes"][b][keep], dets["scores"][b][keep, None], dets["labels"][b][keep, None] + 1.0], 1)
+        tv = torch.cat([tv_dets[b]["boxes"], tv_dets[b]["scores"][:, None], tv_dets[b]["labels"][:, None].float()], 1)
+        assert len(mine) == len(tv) > 10
+        torch.testing.assert_close(sorted_rows(mine), sorted_rows(tv), atol=1e-3, rtol=1e-4)

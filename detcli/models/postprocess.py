@@ -16,9 +16,9 @@ from torchvision.ops import batched_nms
 
 
 class BatchedNMS(torch.autograd.Function):
-    """NMS inside every (image, class) group: torchvision's batched_nms when run, a single ONNX
-    NonMaxSuppression node (batch- and class-aware, so the exported graph never compares boxes of
-    different images) when exported.
+    """NMS inside every (image, class) group of dense scores: a single ONNX NonMaxSuppression node (batch-
+    and class-aware, so the exported graph never compares boxes of different images) when exported,
+    torchvision's batched_nms when traced for TorchScript. Eager code calls batched_nms on the candidates.
 
     boxes (B, K, 4), class_scores (B, C, K) with 0 for "not a candidate" -> selected (N, 3) as
     (image, class, box) index rows, like ONNX's NonMaxSuppression.
@@ -48,13 +48,26 @@ def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det:
     boxes (B, K, 4), scores (B, K) with invalid candidates < 0, labels (B, K) in [0, C).
     """
     B, K = scores.shape
-    class_scores = torch.zeros(B, num_classes, K, dtype=scores.dtype, device=scores.device)
-    class_scores.scatter_(1, labels[:, None, :], scores.clamp(min=0)[:, None, :])  # (B, C, K)
-    if torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():  # TorchScript: trace the ops inside
-        selected = BatchedNMS.forward(None, boxes, class_scores, float(iou))  # (N, 3)
-    else:
-        selected = BatchedNMS.apply(boxes, class_scores, float(iou))
-    b, k = selected[:, 0], selected[:, 2]
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # a graph: dense (B, C, K) scores, as ONNX's NMS
+        class_scores = torch.zeros(B, num_classes, K, dtype=scores.dtype, device=scores.device)
+        class_scores.scatter_(1, labels[:, None, :], scores.clamp(min=0)[:, None, :])  # (B, C, K)
+        if torch.onnx.is_in_onnx_export():
+            selected = BatchedNMS.apply(boxes, class_scores, float(iou))  # (N, 3)
+        else:  # TorchScript: trace the ops inside
+            selected = BatchedNMS.forward(None, boxes, class_scores, float(iou))
+        b, k = selected[:, 0], selected[:, 2]
+    else:  # eager: the candidates alone (a two-stage head has S x C of them, most below the threshold)
+        b, k = (scores > 0).nonzero(as_tuple=True)  # (N,) each, image-major
+        cand_boxes, cand_scores, groups = boxes[b, k], scores[b, k], labels[b, k]  # (N, 4), (N,), (N,)
+        # one call per image: NMS kernels visit every pair of their boxes (torchvision's CUDA kernel keeps them
+        # in one serial pass), so B calls of N / B boxes cost about 1 / B of one call over the batch
+        keep, start = [], 0
+        for n in torch.bincount(b, minlength=B).tolist():
+            keep.append(batched_nms(cand_boxes[start : start + n], cand_scores[start : start + n],
+                                    groups[start : start + n], iou) + start)
+            start += n
+        keep = torch.cat(keep)  # (N',)
+        b, k = b[keep], k[keep]
     kept_scores = torch.full_like(scores, -1.0).index_put((b, k), scores[b, k])  # (B, K), -1 = dropped
     top_scores, top_idx = kept_scores.topk(min(max_det, K), dim=1)  # (B, D)
     if top_idx.shape[1] < max_det:  # fewer candidates than max_det: pad, so the output keeps its shape

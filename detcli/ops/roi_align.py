@@ -55,22 +55,23 @@ class _ThreadedRoIAlign(torch.autograd.Function):
     def forward(ctx, rois: Tensor, counts: list[int], output_size: int, scales: list[float], sampling_ratio: int,
                 *feats: Tensor) -> Tensor:
         threads, pool = _threads()
+        out = rois.new_empty(rois.shape[0], feats[0].shape[1], output_size, output_size)  # (K, A, P, P)
         jobs, start = [], 0
         for feat, scale, n in zip(feats, scales, counts):
             feat = feat.contiguous()  # once per level (the kernel would copy a channels-last map in every job)
-            jobs += [(feat, r, scale) for r in rois[start : start + n].chunk(threads) if len(r)]
+            jobs += [(feat, r, scale, o) for r, o in zip(rois[start : start + n].chunk(threads),
+                                                          out[start : start + n].chunk(threads))]
             start += n
         ctx.save_for_backward(rois)
         ctx.counts, ctx.args, ctx.shapes = counts, (output_size, scales, sampling_ratio), [f.shape for f in feats]
-        if not jobs:
-            return rois.new_zeros(0, feats[0].shape[1], output_size, output_size)
 
         @torch.no_grad()  # grad mode is per thread: no autograd records in the workers
-        def one(job) -> Tensor:
-            feat, r, scale = job
-            return roi_align(feat, r, output_size, scale, sampling_ratio, aligned=False)
+        def one(job) -> None:
+            feat, r, scale, o = job  # each worker copies its result into its rows (no single-threaded concat)
+            o.copy_(roi_align(feat, r, output_size, scale, sampling_ratio, aligned=False))
 
-        return torch.cat(list(pool.map(one, jobs)))
+        list(pool.map(one, jobs))
+        return out
 
     @staticmethod
     @once_differentiable

@@ -69,7 +69,17 @@ class TimmBackbone(nn.Module):
         return feats
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's features_only wrappers checkpoint each top-level module on its own; before timm 1.0.31 that
+        included a stem's ReLU(inplace=True), which then overwrites the tensor saved for its recompute and
+        fails in backward. The top-level in-place modules run out of place while checkpointing is on."""
         self.body.set_grad_checkpointing(enable)
+        for module in self.body.children():
+            if isinstance(getattr(module, "inplace", None), bool):
+                if enable and module.inplace:
+                    module.inplace, module._detcli_inplace = False, True
+                elif not enable and getattr(module, "_detcli_inplace", False):
+                    module.inplace = True
+                    del module._detcli_inplace
 
     def _freeze(self, freeze_at: int, info) -> None:
         """Freeze the stem (everything before the first stride-4 stage) and the first `freeze_at - 1`

@@ -174,7 +174,10 @@ class FasterRCNNPostprocess(nn.Module):
             & preds["roi_valid"][..., None].expand(-1, -1, C).flatten(1)  # (B, S*C)
         scores = scores.flatten(1)  # (B, S*C)
         scores = torch.where(keep, scores, torch.full_like(scores, -1.0))
-        top, idx = scores.topk(min(self.topk_candidates or scores.shape[1], scores.shape[1]), dim=1)  # (B, K)
-        boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
-        return nms_topk(boxes, top, idx % C, self.nms_thresh, self.max_det, C)
+        if self.topk_candidates and self.topk_candidates < scores.shape[1]:
+            scores, idx = scores.topk(self.topk_candidates, dim=1)  # (B, K)
+            boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
+        else:
+            idx = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)  # (B, S*C)
+        return nms_topk(boxes, scores, idx % C, self.nms_thresh, self.max_det, C)
 
