@@ -238,3 +238,13 @@ def test_memory_of_freezing_and_checkpointing_faster_rcnn(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
     assert len(rows) == 8 and {r["freeze_at"] for r in rows} == {0, 2}
+
+
+def test_bench_eval_prints_the_speed_ratio_and_agrees_with_pycocotools(tmp_path):
+    pytest.importorskip("pycocotools")
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_eval.py"), "--images", "60", "--rounds", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["speedup"] > 0 and result["max_stat_diff"] <= 1e-4 and "speedup over pycocotools" in proc.stdout

@@ -1,23 +1,20 @@
-"""COCO evaluation: torchmetrics MeanAveragePrecision with the faster-coco-eval backend, on detections
-mapped back to original pixels.
+"""Evaluation over a loader: detections mapped back to original pixels, gathered from every DDP rank, and
+scored by COCO's protocol (detcli/engine/coco_eval.py: the 12 statistics, per-class numbers).
 
 Naming: B = images, D = detections per image (padded with label -1).
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
-from torchmetrics.detection import MeanAveragePrecision
 
+from detcli.engine.coco_eval import STAT_KEYS, CocoEvaluation, CocoResult
 from detcli.engine.utils import autocast_dtype
 from detcli.models.postprocess import clip_boxes
 
-logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evaluation summary is ours to print
-
-METRIC_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
+METRIC_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]  # the ones printed in training
 
 
 def to_original(dets: dict[str, Tensor], batch: dict) -> list[dict[str, Tensor]]:
@@ -48,10 +45,32 @@ def run_inference(model: nn.Module, loader, device: torch.device, precision: str
         yield batch, to_original(dets, batch)
 
 
+def collect(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
+            channels_last: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
+    """(detections, ground truth, image meta) per image over the loader, from every rank when distributed
+    (each rank evaluates its share; all of them get the whole list)."""
+    dets, gts, metas = [], [], []
+    for batch, batch_dets in run_inference(model, loader, device, precision, channels_last):
+        dets += batch_dets
+        gts += [m["gt"] for m in batch["meta"]]
+        metas += [{k: m[k] for k in ("image_id", "file_name", "orig_size")} for m in batch["meta"]]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        shares = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, (dets, gts, metas))
+        dets, gts, metas = ([x for share in shares for x in share[i]] for i in range(3))
+    return dets, gts, metas
+
+
+def score(dets: list[dict], gts: list[dict], class_names: list[str]) -> CocoResult:
+    evaluation = CocoEvaluation(class_names)
+    evaluation.update(dets, gts)
+    return evaluation.compute()
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
              channels_last: bool = False) -> dict[str, float]:
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
-    for batch, dets in run_inference(model, loader, device, precision, channels_last):
-        metric.update(dets, [m["gt"] for m in batch["meta"]])
-    result = metric.compute()
-    return {k: float(result[k]) for k in METRIC_KEYS}
+    """The 12 COCO statistics of the model on the loader's images (STAT_KEYS)."""
+    dets, gts, _ = collect(model, loader, device, precision, channels_last)
+    names = [str(k) for k in range(model.postprocess.num_classes)]
+    stats = score(dets, gts, names).stats
+    return {k: stats[k] for k in STAT_KEYS}

@@ -24,6 +24,12 @@ def run_dir() -> Path:
     return path
 
 
+def load_checkpoint_config(checkpoint: str) -> tuple[DictConfig, dict]:
+    """(config, meta) stored in a detcli checkpoint, without building its model."""
+    ckpt = load_checkpoint(checkpoint)
+    return OmegaConf.create(ckpt["config"]), ckpt["meta"]
+
+
 def load_model(checkpoint: str, device: str = "auto"):
     """(model in eval mode on its device, checkpoint config, checkpoint meta) from a detcli checkpoint."""
     ckpt = load_checkpoint(checkpoint)

@@ -1,4 +1,11 @@
-"""detcli eval checkpoint=PATH: COCO metrics of a checkpoint on the val set; writes metrics.json.
+"""detcli eval checkpoint=PATH | detections=RESULTS.json: the evaluation report of a model (or of any COCO
+results file) on the val set.
+
+Writes to the run folder: metrics.json (the 12 COCO statistics, per class AP / AP50 / recall, the confusion
+matrix, VOC AP with `voc=true`), detections.json (the model's detections as COCO results: the dataset's image
+and category ids, x, y, w, h in original pixels), pr_curve.png and confusion_matrix.png; prints the summary and
+per-class tables. `detections=FILE` scores that file instead of running a model: against the checkpoint's val
+set when `checkpoint=` is given too, else against the configured data (`data=coco data.val_ann=...`).
 
 The val labels follow the checkpoint's classes (by id for COCO, by name for VOC / YOLO). Defects of the
 val set are counted in metrics.json (`val_defects`, `val_note`): data.on_bad never rewrites its ground
@@ -7,37 +14,158 @@ truth, and the note says what the metric had to leave out."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from detcli.build import instantiate_group
 from detcli.data.collate import pad_value
-from detcli.engine.evaluator import METRIC_KEYS, evaluate
+from detcli.engine.coco_eval import STAT_KEYS
+from detcli.engine.confusion import confusion_matrix
+from detcli.engine.evaluator import collect, score
+from detcli.engine.plots import confusion_matrix_plot, pr_curves
+from detcli.engine.voc_eval import voc_ap
+from detcli.errors import ConfigError
 from detcli.tasks.common import data_config, load_model, run_dir
+from detcli.tasks.common import load_checkpoint_config as checkpoint_config
+
+STAT_NAMES = {
+    "map": "AP @ IoU 0.50:0.95", "map_50": "AP @ IoU 0.50", "map_75": "AP @ IoU 0.75",
+    "map_small": "AP small (< 32² px)", "map_medium": "AP medium", "map_large": "AP large (> 96² px)",
+    "mar_1": "AR, 1 detection", "mar_10": "AR, 10 detections", "mar_100": "AR, 100 detections",
+    "mar_small": "AR small", "mar_medium": "AR medium", "mar_large": "AR large",
+}
 
 
 def run(cfg: DictConfig) -> float:
     out = run_dir()
-    model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device)
-    data_cfg = data_config(cfg, ckpt_cfg)
-    if cfg.batch_size:
-        data_cfg.val_batch_size = int(cfg.batch_size)
-    data = instantiate_group("data", data_cfg)
-    dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
-    loader = data.val_loader(dataset, pad_value=pad_value(model.pixel_mean))  # padded as in training
-    metrics = evaluate(model, loader, device)
-    result = {"checkpoint": str(cfg.checkpoint), "images": len(dataset), **metrics,
+    if not cfg.get("checkpoint") and not cfg.get("detections"):
+        raise ConfigError("detcli eval needs checkpoint=PATH (a detcli checkpoint to evaluate) or "
+                          "detections=RESULTS.json (a COCO results file to score against data.val_ann / data.root).")
+    if cfg.get("detections"):
+        dataset, names, cat_ids, source = results_mode(cfg)
+        dets, gts = read_results(Path(str(cfg.detections)), dataset, cat_ids)
+        metas = [{"image_id": r.image_id, "file_name": r.file_name} for r in dataset.records]
+    else:
+        model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device)
+        data_cfg = data_config(cfg, ckpt_cfg)
+        if cfg.batch_size:
+            data_cfg.val_batch_size = int(cfg.batch_size)
+        data = instantiate_group("data", data_cfg)
+        dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
+        names, cat_ids, source = list(meta["class_names"]), list(meta["cat_ids"]), str(cfg.checkpoint)
+        loader = data.val_loader(dataset, pad_value=pad_value(model.pixel_mean))  # padded as in training
+        dets, gts, metas = collect(model, loader, device)
+        write_detections(out / "detections.json", dets, metas, cat_ids)
+    result = score(dets, gts, names)
+    conf = cfg.confusion
+    matrix = confusion_matrix(dets, gts, len(names), float(conf.score_thresh), float(conf.iou_thresh))
+    report = {"checkpoint": str(cfg.checkpoint) if cfg.get("checkpoint") else None,
+              "detections": str(cfg.detections) if cfg.get("detections") else None,
+              "images": len(gts), **result.stats, "per_class": result.per_class,
+              "confusion_matrix": {"rows": "predicted", "columns": "true", "labels": [*names, "background"],
+                                   "score_thresh": float(conf.score_thresh), "iou_thresh": float(conf.iou_thresh),
+                                   "counts": matrix.tolist()},
               "val_defects": len(dataset.defects), "val_note": dataset.defect_note}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = Table(title=f"COCO metrics, {len(dataset)} images")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in METRIC_KEYS:
-        table.add_row(k, f"{metrics[k]:.4f}")
-    Console().print(table)
+    if cfg.voc:
+        per_class = voc_ap(dets, gts, len(names))
+        valid = [c for c in per_class if c["ap_11"] >= 0]
+        report["voc"] = {"map_50_11point": sum(c["ap_11"] for c in valid) / max(len(valid), 1),
+                         "map_50_area": sum(c["ap_area"] for c in valid) / max(len(valid), 1),
+                         "per_class": [{"class": n, **c} for n, c in zip(names, per_class)]}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    if cfg.plots:
+        pr_curves(result.precision, result.recall_points, names, out / "pr_curve.png")
+        confusion_matrix_plot(matrix, names, out / "confusion_matrix.png", float(conf.score_thresh),
+                              float(conf.iou_thresh))
+    print_report(report, names, source)
     if dataset.defect_note:
         print(dataset.defect_note)
-    print(f"metrics written to {out / 'metrics.json'}")
-    return metrics["map"]
+    written = ["metrics.json"] + (["detections.json"] if not cfg.get("detections") else [])
+    written += ["pr_curve.png", "confusion_matrix.png"] if cfg.plots else []
+    print(f"written to {out}: {', '.join(written)}")
+    return result.stats["map"]
+
+
+def results_mode(cfg: DictConfig):
+    """(val dataset, class names, category ids, what is scored) for detections=FILE: the checkpoint's data
+    and classes when checkpoint= is given, else the configured data's own."""
+    if cfg.get("checkpoint"):
+        ckpt_cfg, meta = checkpoint_config(cfg.checkpoint)
+        data = instantiate_group("data", data_config(cfg, ckpt_cfg))
+        dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
+        return dataset, list(meta["class_names"]), list(meta["cat_ids"]), str(cfg.detections)
+    data = instantiate_group("data", cfg.data)
+    return data.dataset("val"), data.class_names, data.cat_ids, str(cfg.detections)
+
+
+def read_results(path: Path, dataset, cat_ids: list[int]) -> tuple[list[dict], list[dict]]:
+    """A COCO results file -> (detections, ground truth) per val image, in the dataset's record order."""
+    if not path.is_file():
+        raise ConfigError(f"detections: file '{path}' does not exist.")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"detections: '{path}' is not valid JSON ({e}).") from e
+    if not isinstance(results, list):
+        raise ConfigError(f"detections: '{path}' must hold a JSON list of COCO results "
+                          f"({{image_id, category_id, bbox [x, y, w, h], score}}), found a {type(results).__name__}.")
+    index = {r.image_id: i for i, r in enumerate(dataset.records)}
+    label_of = {c: k for k, c in enumerate(cat_ids)}
+    boxes, scores, labels = ([[] for _ in dataset.records] for _ in range(3))
+    for n, d in enumerate(results):
+        where = f"detections: '{path}', entry {n}"
+        if not isinstance(d, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(d):
+            raise ConfigError(f"{where}: a COCO result needs image_id, category_id, bbox and score; got {d!r:.200}.")
+        if d["image_id"] not in index:
+            raise ConfigError(f"{where}: image_id {d['image_id']} is not an image of the val set "
+                              f"({len(index)} images, ids such as {list(index)[:5]}).")
+        if d["category_id"] not in label_of:
+            raise ConfigError(f"{where}: category_id {d['category_id']} is not one of the classes' ids {cat_ids}.")
+        if len(d["bbox"]) != 4:
+            raise ConfigError(f"{where}: bbox must be [x, y, w, h], got {d['bbox']}.")
+        i = index[d["image_id"]]
+        x, y, w, h = (float(v) for v in d["bbox"])
+        boxes[i].append([x, y, x + w, y + h])
+        scores[i].append(float(d["score"]))
+        labels[i].append(label_of[d["category_id"]])
+    dets = [{"boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4), "scores": torch.tensor(s),
+             "labels": torch.tensor(lab, dtype=torch.int64)} for b, s, lab in zip(boxes, scores, labels)]
+    gts = [{"boxes": torch.from_numpy(r.boxes).float().reshape(-1, 4), "labels": torch.from_numpy(r.labels).long(),
+            "iscrowd": torch.from_numpy(r.iscrowd.astype("int64")), "area": torch.from_numpy(r.area).float()}
+           for r in dataset.records]
+    return dets, gts
+
+
+def write_detections(path: Path, dets: list[dict], metas: list[dict], cat_ids: list[int]) -> None:
+    """COCO results: the dataset's image and category ids, x, y, w, h in original pixels."""
+    results = []
+    for d, m in zip(dets, metas):
+        for (x1, y1, x2, y2), s, lab in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
+            results.append({"image_id": m["image_id"], "category_id": cat_ids[lab],
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+    path.write_text(json.dumps(results) + "\n")
+
+
+def print_report(report: dict, names: list[str], source: str) -> None:
+    console = Console()
+    table = Table(title=f"COCO metrics of {source}, {report['images']} images")
+    table.add_column("metric")
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    for k in STAT_KEYS:
+        table.add_row(STAT_NAMES[k], k, f"{report[k]:.4f}")
+    if "voc" in report:
+        table.add_row("VOC AP50, 11-point", "voc.map_50_11point", f"{report['voc']['map_50_11point']:.4f}")
+        table.add_row("VOC AP50, area", "voc.map_50_area", f"{report['voc']['map_50_area']:.4f}")
+    console.print(table)
+    per_class = Table(title="per class (recall at IoU 0.5, 100 detections per image)")
+    for col in ("class", "gt", "detections", "AP", "AP50", "recall"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for c in report["per_class"]:
+        cells = [f"{c[k]:.4f}" if c[k] >= 0 else "-" for k in ("ap", "ap_50", "recall_50")]
+        per_class.add_row(c["class"], str(c["gt"]), str(c["dets"]), *cells)
+    console.print(per_class)

@@ -1,0 +1,72 @@
+"""The evaluation report's figures, drawn with matplotlib's Agg backend (no display needed): precision-recall
+curves at IoU 0.5 and over 0.5:0.95, per class and overall, and the confusion matrix.
+
+Naming: T = IoU thresholds, R = recall points, C = classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MAX_LEGEND = 12  # classes named in a legend; past that, the per-class curves are drawn thin and unnamed
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pr_curves(precision: np.ndarray, recall_points: np.ndarray, class_names: list[str], path: Path) -> None:
+    """precision (T, R, C), -1 where a class has no ground truth -> a PNG with two panels (IoU 0.5, 0.5:0.95)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=100)
+    valid = (precision > -1).all(axis=(0, 1))  # (C,) classes with ground truth
+    named = valid.sum() <= MAX_LEGEND
+    for ax, (title, curve) in zip(axes, (("IoU 0.5", precision[0]), ("IoU 0.5:0.95", precision.mean(0)))):
+        for c in np.flatnonzero(valid):  # curve (R, C)
+            ap = curve[:, c].mean()
+            ax.plot(recall_points, curve[:, c], lw=1 if named else 0.5, alpha=0.9 if named else 0.4,
+                    label=f"{class_names[c]} {ap:.3f}" if named else None)
+        if valid.any():
+            overall = curve[:, valid].mean(1)
+            ax.plot(recall_points, overall, lw=3, color="#1f1f1f", label=f"all classes {overall.mean():.3f}")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title=f"precision-recall, {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8, title="AP")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def confusion_matrix_plot(matrix: np.ndarray, class_names: list[str], path: Path, score_thresh: float,
+                          iou_thresh: float) -> None:
+    """matrix (C + 1, C + 1), rows predicted, columns true, background last -> a PNG, each true class's column
+    normalised (what its objects became), the counts written in the cells when there are few classes."""
+    plt = _pyplot()
+    names = [*class_names, "background"]
+    n = len(names)
+    norm = matrix / np.maximum(matrix.sum(0, keepdims=True), 1)
+    size = min(max(6, 0.45 * n + 3), 30)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=100)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's column")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, names, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, names, fontsize=8)
+    ax.set(xlabel="true", ylabel="predicted",
+           title=f"confusion matrix (score >= {score_thresh}, IoU >= {iou_thresh})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
