@@ -33,8 +33,7 @@ last_sweep_failures = 0
 
 def job_failed(output_dir: str, error: BaseException) -> None:
     """Record that the job writing into `output_dir` failed with `error` (its first line is kept)."""
-    text = str(error).strip() or type(error).__name__
-    _FAILED[str(Path(output_dir).resolve())] = text.splitlines()[0]
+    _FAILED[str(Path(output_dir).resolve())] = _first_line(error)
 
 
 class SweepSummary(Callback):
@@ -52,7 +51,7 @@ class SweepSummary(Callback):
         out = Path(config.hydra.runtime.output_dir).resolve()
         error = _FAILED.pop(str(out), None)
         if job_return.status == JobStatus.FAILED:
-            error = error or str(job_return._return_value).strip().splitlines()[0]
+            error = error or _first_line(job_return._return_value)
         record = {"job": int(config.hydra.job.num), "status": "failed" if error else "completed",
                   "overrides": list(job_return.overrides or []), "wall_s": round(time.time() - self._start, 2),
                   "error": error or ""}
@@ -109,6 +108,10 @@ def job_row(job: Path) -> dict:
             "best_map": max((e["map"] for e in evals), default=None), "map": last.get("map"),
             "map_50": last.get("map_50"), "wall_s": record.get("wall_s"), "run_dir": str(job),
             "error": record.get("error", "")}
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def _write_atomic(path: Path, text: str) -> None:
