@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import os
 import re
 import sys
@@ -86,13 +87,18 @@ def distributed_overrides(rest: list[str]) -> list[str]:
 
 def run_hydra(cmd: str, rest: list[str]) -> int:
     import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    from detcli.engine import hooks
     from detcli.errors import DetcliError
 
     task = importlib.import_module(f"detcli.tasks.{cmd}")
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name=cmd)
     def _run(cfg):
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return _sweep_job(cmd, task, cfg)
         try:
             return task.run(cfg)
         except DetcliError as e:
@@ -100,8 +106,30 @@ def run_hydra(cmd: str, rest: list[str]) -> int:
             sys.exit(e.exit_code)
 
     sys.argv = [f"detcli {cmd}", *rest]
+    hooks.last_sweep_failures = 0
     _run()
-    return 0
+    return 1 if hooks.last_sweep_failures else 0
+
+
+def _sweep_job(cmd: str, task, cfg):
+    """One job of a sweep: a failure is reported and recorded (a failed row of summary.csv), and the
+    sweeper gets None (a failed optuna trial) instead of an exception that would end the whole sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from detcli.engine import hooks
+    from detcli.errors import DetcliError
+
+    out = HydraConfig.get().runtime.output_dir
+    try:
+        return task.run(cfg)
+    except Exception as e:  # any job's failure is reported, and the sweep goes on
+        job = HydraConfig.get().job.num
+        if isinstance(e, DetcliError):
+            print(f"detcli {cmd}: job {job} error: {e}", file=sys.stderr)
+        else:  # not a user error: the traceback goes to the job's log
+            logging.getLogger("detcli").exception("job %s failed", job)
+        hooks.job_failed(out, e)
+        return None
 
 
 def check_overrides(cmd: str, args: list[str]) -> str | None:
@@ -118,6 +146,10 @@ def check_overrides(cmd: str, args: list[str]) -> str | None:
         parsed = OverridesParser.create().parse_overrides(ns.overrides)
     except HydraException as e:
         return f"detcli {cmd}: cannot parse the overrides: {e}"
+    for o in parsed:
+        missing = _missing_plugin(f"{o.get_key_element().lstrip('+~')}/{o.input_line.split('=', 1)[-1]}")
+        if missing:
+            return f"detcli {cmd}: {missing}"
     overrides = [_first_value(o) for o in parsed if _checkable(o)]
     if cmd == "eval":  # eval's data keys apply over the checkpoint's data config, whatever its format
         overrides = [o for o in overrides if not o.lstrip("+~").startswith("data.")]
@@ -128,12 +160,32 @@ def check_overrides(cmd: str, args: list[str]) -> str | None:
     return None
 
 
+# Hydra plugins behind detcli's extras: the config they provide -> (their module, the extra)
+PLUGINS = {"hydra/sweeper/optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+           "hydra/launcher/submitit_": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+
+
+def _missing_plugin(config: str) -> str | None:
+    """What to install when `config` (e.g. hydra/launcher/submitit_slurm) comes from a plugin that is absent."""
+    from importlib.util import find_spec
+
+    for prefix, (module, extra) in PLUGINS.items():
+        if config.startswith(prefix) and find_spec(module) is None:
+            return (f"the config '{config}' comes from the Hydra plugin {module.split('.')[-1].replace('_', '-')}, "
+                    f"which is not installed: pip install detcli[{extra}].")
+    return None
+
+
 def _checkable(o) -> bool:
     key = o.get_key_element().lstrip("+~")
     return not key.startswith("hydra") or key.startswith("hydra.searchpath")
 
 
 def _first_value(o) -> str:
+    from hydra.core.override_parser.types import ValueType
+
+    if o.value_type == ValueType.INTERVAL_SWEEP:  # an optuna search range: its lower end stands for it
+        return f"{o.get_key_element()}={o.value().start}"
     if o.is_sweep_override():
         return f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
     return o.input_line
@@ -150,6 +202,9 @@ def _explain(cmd: str, error: Exception, overrides: list[str]) -> str:
     from hydra.errors import MissingConfigException
 
     text = " ".join(str(e).strip() for e in (error, error.__cause__) if e is not None and str(e).strip())
+    missing = isinstance(error, MissingConfigException) and _missing_plugin(error.missing_cfg_file or "")
+    if missing:
+        return f"detcli {cmd}: {missing}"
     if isinstance(error, MissingConfigException) and error.options:
         group = error.missing_cfg_file.rsplit("/", 1)
         close = difflib.get_close_matches(group[-1], error.options, n=1)

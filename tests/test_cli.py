@@ -104,6 +104,8 @@ def test_multirun_sweeps_and_summarises(tmp_path, cache_dir):
     assert (tmp_path / "sweep" / "0" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "sweep" / "1" / "checkpoints" / "last.pt").is_file()
     assert "trainer.optimizer.lr=0.001" in proc.stdout and "trainer.optimizer.lr=0.01" in proc.stdout
+    rows = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("job,status,overrides,best_map,map,map_50,wall_s,run_dir,error") and len(rows) == 3
 
 
 def test_r50_composes_and_trains_two_steps(tmp_path, cache_dir):

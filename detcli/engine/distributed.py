@@ -3,6 +3,7 @@ starts torchrun itself from a single `detcli train` (one launcher level, also un
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from detcli.errors import DetcliError
 
 
 def world_size() -> int:
@@ -41,7 +44,8 @@ def local_device(device: torch.device) -> torch.device:
 
 
 def launch_torchrun(n: int, run_dir: Path) -> float:
-    """Re-run this command under torchrun with n processes, writing into this job's run folder."""
+    """Re-run this command under torchrun with n processes, writing into this job's run folder; returns
+    the run's best validation mAP."""
     from hydra.core.hydra_config import HydraConfig
 
     # this job's own overrides (under -m: one point of the sweep), not the launching command line
@@ -51,5 +55,16 @@ def launch_torchrun(n: int, run_dir: Path) -> float:
     print(f"starting {n} processes: {' '.join(cmd[1:])}", flush=True)
     code = subprocess.call(cmd)
     if code != 0:
-        raise SystemExit(code)
-    return 0.0
+        error = DetcliError(f"the {n} torchrun processes of {run_dir} exited with status {code} (their output is "
+                            f"above).")
+        error.exit_code = code
+        raise error
+    return best_map(run_dir)
+
+
+def best_map(run_dir: Path) -> float:
+    """The best validation mAP in a run folder's eval_log.jsonl (-1 without evaluations), the value a
+    sweeper (optuna) maximises, also when the training ran in torchrun's processes."""
+    path = Path(run_dir) / "eval_log.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return max((float(json.loads(line)["map"]) for line in lines if line.strip()), default=-1.0)
