@@ -294,9 +294,9 @@ class Trainer:
                     if self.evaluate_and_save():
                         break
                 elif self.t.checkpoint_interval and self.step % int(self.t.checkpoint_interval) == 0:
-                    self.save("last.pt")
+                    self.save("last.pt", self.rng_states())
                 if self._stop_everywhere(stop.requested, self.step % int(self.t.log_interval) == 0):
-                    self.save("last.pt")
+                    self.save("last.pt", self.rng_states())
                     progress.print(f"stopped by {stop.name} after step {self.step}; resume with resume=auto")
                     raise SystemExit(stop.exit_code if stop.requested else 143)
         self.logger.close()
@@ -366,6 +366,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         t0 = time.perf_counter()
         metrics = evaluate(model, self.val_loader, self.device, self.t.precision, self.t.channels_last)
+        rng = self.rng_states()  # every rank's, gathered here where all of them are
         if self.main:
             record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
             _append_jsonl(self.run_dir / "eval_log.jsonl", record)
@@ -377,10 +378,10 @@ class Trainer:
             self.last_metrics = metrics
             if metrics["map"] > self.best_map:
                 self.best_map, self.bad_evals = metrics["map"], 0
-                self.save("best.pt", rotate=False)
+                self.save("best.pt", rng, rotate=False)
             else:
                 self.bad_evals += 1
-            self.save("last.pt")
+            self.save("last.pt", rng)
             if self.budget:  # evaluation and saving are paid from the budget: the final one is kept back
                 self.budget.record_eval(time.perf_counter() - t0)
             patience = self.t.patience
@@ -394,12 +395,24 @@ class Trainer:
         self._since_log = (0, time.perf_counter())  # evaluation time is not training throughput
         return stop
 
-    def save(self, name: str, rotate: bool = True) -> None:
+    def save(self, name: str, rng: list[dict], rotate: bool = True) -> None:
+        """Rank 0 writes the checkpoint; `rng` holds every rank's RNG state (`rng_states`, a collective:
+        gathered by all ranks before, as rank 0 alone saves after an evaluation)."""
         if self.main:
-            rotate_save(self.state_dict(), self.ckpt_dir / name, keep_previous=rotate)
+            rotate_save(self.state_dict(rng), self.ckpt_dir / name, keep_previous=rotate)
+
+    def rng_states(self) -> list[dict]:
+        """The RNG state of every rank, in rank order (samplers inside heads, dropout and augmentation draw
+        from each process's own generators): all ranks must call it together."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, rng_state())
+            return states
+        return [rng_state()]
 
     # ---- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, rng: list[dict] | None = None) -> dict:
+        rng = rng or [rng_state()]
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
@@ -415,7 +428,8 @@ class Trainer:
             "metrics": self.last_metrics,
             "elapsed_s": self.budget.elapsed_s if self.budget else None,
             "total_steps": self.total_steps,
-            "rng": rng_state(),
+            "rng": rng[0],  # rank 0's (a resume with another number of processes takes it everywhere)
+            "rng_per_rank": rng,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "meta": self.meta,
         }
@@ -456,7 +470,8 @@ class Trainer:
             self.budget.before_s = float(ckpt["elapsed_s"])
             # until this session's steps are measured, the length reached before stands in
             self.configured_steps = max(int(ckpt.get("total_steps") or self.configured_steps), ckpt["step"] + 2)
-        set_rng_state(ckpt["rng"])
+        per_rank, rank = ckpt.get("rng_per_rank") or [], dist.get_rank() if self.world > 1 else 0
+        set_rng_state(per_rank[rank] if len(per_rank) == self.world else ckpt["rng"])
 
 
 def _peak_memory_gb(device: torch.device) -> float:
