@@ -17,6 +17,8 @@ COMMANDS = {
     "predict": "detect objects in images: detcli predict checkpoint=PATH source=IMAGE|DIR|GLOB",
     "export": "ONNX / TorchScript with NMS, checked against PyTorch: detcli export checkpoint=PATH format=onnx",
     "data": "check a dataset or draw samples: detcli data check data=voc data.root=... | detcli data show n=16",
+    "bench": "inference (eager, compiled, onnxruntime) and training speed here: detcli bench checkpoint=PATH",
+    "backbones": "timm backbones, levels as stride:channels: detcli backbones 'resnet*' [--pretrained]",
 }
 DATA_ACTIONS = ("check", "show")
 
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detcli {__version__}")
         return 0
     cmd, rest = args[0], args[1:]
+    if cmd == "backbones":  # a glob and a flag, not a Hydra app
+        from detcli.tasks.backbones import main as backbones
+
+        return backbones(rest)
     if cmd == "data":
         if not rest or rest[0] not in DATA_ACTIONS:
             print(f"detcli data: give an action: {' | '.join(DATA_ACTIONS)} (e.g. detcli data check data=coco ...).",

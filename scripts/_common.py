@@ -1,10 +1,11 @@
-"""Shared by the benchmarks: build a detcli model from config overrides, synthetic batches, timing, and
-the ultralytics peer (an optional `bench` extra, imported lazily, offline)."""
+"""Shared by the benchmarks: build a detcli model from config overrides, the tables, and the ultralytics
+peer (an optional `bench` extra, imported lazily, offline). The measuring itself (timing, synthetic
+batches, the onnxruntime session, the training step) is detcli.engine.benchmark, which `detcli bench`
+uses too."""
 
 from __future__ import annotations
 
 import os
-import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -34,18 +35,6 @@ def default_backbone(head: str) -> str:
     return "resnet18"
 
 
-def synthetic_batch(batch: int, size: int, num_classes: int, boxes_per_image: int = 8, seed: int = 0) -> dict:
-    """Random images (0-255) and random boxes between 16 and size/2 pixels, fixed by seed."""
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(batch, boxes_per_image, 2, generator=g) * size * 0.5
-    wh = torch.rand(batch, boxes_per_image, 2, generator=g) * size * 0.45 + 16
-    return {
-        "images": (torch.rand(batch, 3, size, size, generator=g) * 255).to(torch.uint8),
-        "boxes": torch.cat([xy, (xy + wh).clamp(max=size)], -1),
-        "labels": torch.randint(0, num_classes, (batch, boxes_per_image), generator=g),
-    }
-
-
 def report(title: str, img_per_s: dict[str, float], extra: list[tuple[str, str]]) -> None:
     """A rich table: images/s of each contender, then the ratios."""
     from rich.console import Console
@@ -59,20 +48,6 @@ def report(title: str, img_per_s: dict[str, float], extra: list[tuple[str, str]]
     for row in extra:
         table.add_row(*row)
     Console().print(table)
-
-
-def timed(fn, warmup: int, iters: int, device: torch.device) -> float:
-    """Seconds per call, after warmup calls, with the device synchronised around the timed loop."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / iters
 
 
 def report_rows(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -41,12 +40,12 @@ from _common import (
     default_backbone,
     load_ultralytics,
     report,
-    synthetic_batch,
-    timed,
     ultralytics_nms,
     yolov8n,
 )
 from bench_train import PEERS, TORCHVISION_MODELS, share_faster_rcnn_weights
+
+from detcli.engine.benchmark import onnx_session, synthetic_batch, timed
 
 SCORE = 0.2  # every candidate's initial score, on both sides
 
@@ -166,22 +165,6 @@ def summarize(args, device: torch.device, peer: str, ips: dict[str, float]) -> N
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")
-
-
-def onnx_session(model, images):
-    import onnxruntime as ort
-
-    from detcli.tasks.export import Exportable, export_onnx
-
-    path = Path(tempfile.mkdtemp()) / "model.onnx"
-    export_onnx(Exportable(model).eval(), images.float(), path, opset=17)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # its idle threads would otherwise spin beside torch's OpenMP threads, taking the cores that the
-    # eager runs measured after it need (on 2 shared cores: eager up to 50x slower)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.intra_op_num_threads = torch.get_num_threads()  # as many as eager PyTorch gets
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 if __name__ == "__main__":

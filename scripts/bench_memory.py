@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import compose_model, synthetic_batch, timed
+from _common import compose_model
+
+from detcli.engine.benchmark import synthetic_batch, timed, train_step
 
 
 def child(args) -> None:
@@ -34,13 +36,10 @@ def child(args) -> None:
     batch = {k: v.to(device) for k, v in synthetic_batch(args.batch, args.size, 80).items()}
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.precision]
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            losses = model(batch["images"], {"boxes": batch["boxes"], "labels": batch["labels"]})
-        sum(losses.values()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(opt, lambda: sum(model(batch["images"], targets).values()), device, dtype)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

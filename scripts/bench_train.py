@@ -33,11 +33,11 @@ from _common import (
     default_backbone,
     load_ultralytics,
     report,
-    synthetic_batch,
-    timed,
     ultralytics_batch,
     yolov8n,
 )
+
+from detcli.engine.benchmark import synthetic_batch, timed, train_step
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEERS = {"fcos": "torchvision", "yolox": "ultralytics", "faster_rcnn": "torchvision"}  # each head's peer
@@ -165,19 +165,18 @@ def main() -> None:
     opt_ours = sgd(ours)
     targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
 
-    def step(opt, loss_fn):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def full():
+        return sum(ours(images, targets).values())
 
-    runs = {"detcli": lambda: step(opt_ours, lambda: sum(ours(images, targets).values())),
-            "trivial": lambda: step(opt_ours, lambda: trivial_loss(ours.predict(images, targets=targets)))}
+    def trivial():
+        return trivial_loss(ours.predict(images, targets=targets))
+
+    runs = {"detcli": lambda: train_step(opt_ours, full, device, dtype),
+            "trivial": lambda: train_step(opt_ours, trivial, device, dtype)}
     theirs = peer_loss(peer, args, batch, fmt, device, C, ours)
     if theirs is not None:
         opt_theirs = sgd(theirs[0])
-        runs[peer] = lambda: step(opt_theirs, theirs[1])
+        runs[peer] = lambda: train_step(opt_theirs, theirs[1], device, dtype)
     best = {k: float("inf") for k in runs}
     for _ in range(args.rounds):  # alternate, keep each one's best round
         for name, fn in runs.items():

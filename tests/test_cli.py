@@ -9,7 +9,7 @@ from conftest import TINY, detcli
 
 def test_help_lists_subcommands():
     out = detcli("--help").stdout
-    for cmd in ("train", "eval", "predict", "export"):
+    for cmd in ("train", "eval", "predict", "export", "bench", "backbones"):
         assert f"  {cmd} " in out
 
 

@@ -140,7 +140,7 @@ def test_coco_recipe_is_the_paper_recipe():
     assert cfg.backbone.pretrained is True and cfg.trainer.optimizer._target_ == "torch.optim.SGD"
 
 
-@pytest.mark.parametrize("cmd", ["eval", "predict", "export"])
+@pytest.mark.parametrize("cmd", ["eval", "predict", "export", "bench"])
 def test_other_commands_compose(cmd):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(cmd, overrides=["checkpoint=x.pt"] + (["source=y"] if cmd == "predict" else []))
