@@ -141,6 +141,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--precision", default="fp32", choices=list(DTYPES))
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile detcli's model (trainer.compile=true)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense peak TFLOP/s at --precision, for MFU (default: known GPUs' bf16 / "
+                        "fp16 / tf32 peaks; none on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core); 1 on a CPU shared with others")
@@ -164,9 +168,11 @@ def main() -> None:
     ours = ours.to(device).to(memory_format=fmt).train()
     opt_ours = sgd(ours)
     targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
+    flops = step_flops(lambda: sum(ours(images, targets).values()), device, dtype)  # counted before compiling
+    run_model = torch.compile(ours) if args.compile else ours
 
     def full():
-        return sum(ours(images, targets).values())
+        return sum(run_model(images, targets).values())
 
     def trivial():
         return trivial_loss(ours.predict(images, targets=targets))
@@ -181,10 +187,34 @@ def main() -> None:
     for _ in range(args.rounds):  # alternate, keep each one's best round
         for name, fn in runs.items():
             best[name] = min(best[name], timed(fn, warmup=1, iters=args.iters, device=device))
-    summarize(args, device, peer, best)
+    summarize(args, device, peer, best, flops)
 
 
-def summarize(args, device: torch.device, peer: str, best: dict[str, float]) -> None:
+# dense peak TFLOP/s by GPU name and precision (NVIDIA's datasheets, SXM parts; tf32 for fp32 matmuls)
+PEAK_TFLOPS = {"H200": {"bf16": 989, "fp16": 989, "fp32": 495}, "H100": {"bf16": 989, "fp16": 989, "fp32": 495},
+               "A100": {"bf16": 312, "fp16": 312, "fp32": 156}, "L4": {"bf16": 121, "fp16": 121, "fp32": 60},
+               "A10": {"bf16": 125, "fp16": 125, "fp32": 62}}
+
+
+def peak_tflops(args, device: torch.device) -> float | None:
+    if args.peak_tflops or device.type != "cuda":
+        return args.peak_tflops
+    name = torch.cuda.get_device_name(device)
+    return next((v[args.precision] for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def step_flops(loss_fn, device: torch.device, dtype) -> float:
+    """Model FLOPs of one training step (forward + backward), counted by torch's FlopCounterMode on a real
+    call (matmuls and convolutions: the usual MFU numerator)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        loss_fn().backward()
+    return float(counter.get_total_flops())
+
+
+def summarize(args, device: torch.device, peer: str, best: dict[str, float], flops: float) -> None:
     """The table and the JSON: images/s of each run, detcli over its peer (when measured), the overhead."""
     ips = {k: args.batch / v for k, v in best.items()}
     speedup = ips["detcli"] / ips[peer] if peer in ips else None
@@ -195,11 +225,15 @@ def summarize(args, device: torch.device, peer: str, best: dict[str, float]) -> 
         extra.append((f"detcli / {TRAIN_TARGETS[args.head]}", f"{speedup:.2f}x"))
     overhead = result["overhead_ratio"]
     extra.append(("overhead: full step / trivial-loss step (target <= 1.10)", f"{overhead:.3f}"))
-    if device.type == "cuda" and args.head == "fcos":  # FCOS-R50 fwd + bwd at 800x1333: ~1.29 TFLOP per image
-        flops = 1.29e12 * (args.size * args.size) / (800 * 1333)
-        result["achieved_tflops"] = flops * ips["detcli"] / 1e12
-        extra.append(("achieved TFLOP/s (model FLOPs)", f"{result['achieved_tflops']:.1f}"))
-    report(f"training, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {args.precision}, "
+    result["step_tflop"] = flops / 1e12  # counted forward + backward of one step (the whole batch)
+    result["achieved_tflops"] = flops / best["detcli"] / 1e12
+    extra.append(("achieved TFLOP/s (counted model FLOPs)", f"{result['achieved_tflops']:.2f}"))
+    peak = peak_tflops(args, device)
+    if peak:
+        result["mfu"] = result["achieved_tflops"] / peak
+        extra.append((f"MFU (of {peak:g} TFLOP/s dense {args.precision} peak)", f"{100 * result['mfu']:.1f} %"))
+    flags = (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else "")
+    report(f"training, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {args.precision}{flags}, "
            f"{device}", ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

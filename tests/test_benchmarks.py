@@ -248,3 +248,20 @@ def test_bench_eval_prints_the_speed_ratio_and_agrees_with_pycocotools(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["speedup"] > 0 and result["max_stat_diff"] <= 1e-4 and "speedup over pycocotools" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_gpu_dry_run_runs_every_step_and_summarises(tmp_path, cache_dir):
+    """scripts/bench_gpu.sh --dry-run: the GPU script's steps at toy sizes on the CPU, and its summary table."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), "--dry-run"], capture_output=True, text=True,
+                          env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"},
+                          timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "gpu_dry_run" / "summary.json").read_text())
+    runs = {r["run"] for r in summary["training"]}
+    assert runs == {"fcos_fp32", "fcos_bf16", "fcos_bf16_cl", "yolox_bf16_cl", "faster_rcnn_bf16_cl"}
+    assert all(r["detcli"] > 0 and r["tflops"] > 0 for r in summary["training"])
+    assert {(r["head"], r["precision"]) for r in summary["memory"]} == {("faster_rcnn", "fp32"), ("faster_rcnn", "bf16")}
+    assert summary["data"]["rows"][0]["img_per_s"] > 0
+    assert "gradient checkpointing" in proc.stdout and "MFU" in proc.stdout
