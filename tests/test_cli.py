@@ -83,7 +83,7 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out / "model.onnx"))
-    boxes, scores, _labels = session.run(None, {"images": torch.rand(3, 3, 128, 128).numpy() * 255})
+    boxes, scores, _labels = session.run(["boxes", "scores", "labels"], {"images": torch.rand(3, 3, 128, 128).numpy() * 255})
     assert boxes.shape == (3, 100, 4) and scores.shape == (3, 100)  # the batch axis is dynamic
 
 

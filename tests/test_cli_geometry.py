@@ -129,7 +129,7 @@ def test_onnx_fed_as_the_sidecar_says_matches_predict(checkpoint, images, predic
     for name in CROPS:
         image = read(images / name)
         x, scale, _ = as_json_says(image, spec)
-        boxes, scores, labels = session.run(None, {"images": x.numpy()})
+        boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"images": x.numpy()})
         h, w = image.shape[-2:]
         assert_agree(by_file[name], to_original(boxes[0], scale, h, w), scores[0], labels[0], sidecar["cat_ids"])
 

@@ -58,8 +58,9 @@ def test_export_onnx_matches_pytorch_at_any_batch(head_run, tmp_path):
     assert HEADS[head][2] <= {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     session = ort.InferenceSession(str(out / "model.onnx"))
     for batch in (1, 3):  # traced at 2: the batch axis stays dynamic through every stage and NMS
-        boxes, scores, labels = session.run(None, {"images": torch.rand(batch, 3, 128, 128).numpy() * 255})
+        boxes, scores, labels, num = session.run(None, {"images": torch.rand(batch, 3, 128, 128).numpy() * 255})
         assert boxes.shape == (batch, 100, 4) and scores.shape == (batch, 100) and labels.shape == (batch, 100)
+        assert num.shape == (batch,) and (num == (labels >= 0).sum(1)).all()  # num_dets: the real rows
 
 
 def test_export_torchscript(head_run, tmp_path):

@@ -67,6 +67,30 @@ class ImageFiles(Dataset):
         return resized, target, meta
 
 
+class ReadableImageFiles(ImageFiles):
+    """ImageFiles that never fail: a file that cannot be read, decoded or transformed gives
+    (None, None, {"file_name", "reason"}), for `SkipUnreadable` to set aside."""
+
+    def __getitem__(self, i: int):
+        try:
+            return super().__getitem__(i)
+        except Exception as e:  # noqa: BLE001 - one bad file is reported and skipped, never the end of the run
+            return None, None, {"file_name": str(self.files[i]), "reason": str(e)}
+
+
+class SkipUnreadable:
+    """A collate over ReadableImageFiles samples: {"batch": the readable ones collated (None if none),
+    "skipped": [{"file_name", "reason"}, ...]}."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, samples: list) -> dict:
+        good = [s for s in samples if s[0] is not None]
+        skipped = [s[2] for s in samples if s[0] is None]
+        return {"batch": self.collate(good) if good else None, "skipped": skipped}
+
+
 def preprocessing(data_cfg: DictConfig, pad_value: tuple) -> tuple[v2.Transform, Collate]:
     """The val transforms and the collate a (checkpoint's) data config describes, built without reading
     its dataset: `val_transforms` (else the keep-ratio resize to `image_size`), the letterbox square,

@@ -1,5 +1,5 @@
-"""Training progress on the terminal: a rich progress bar (step, ETA, loss, lr, img/s) on a TTY, and
-plain log lines when the output is a file or a pipe (CI logs stay readable)."""
+"""Progress on the terminal: a rich progress bar (step, ETA, and for training loss, lr, img/s) on a TTY, and
+plain log lines when the output is a file or a pipe (CI logs stay readable). `label` names the task."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0, enabled: bool = True):
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, label: str = "train"):
         self.console = Console(stderr=False)
         self.enabled = enabled
         self.live = self.console.is_terminal and enabled
         self.total = total
         self.bar = RichProgress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=self.console, disable=not self.live,
         )
-        self.task = self.bar.add_task("train", total=total, completed=start, stats="")
+        self.task = self.bar.add_task(label, total=total, completed=start, stats="")
 
     def __enter__(self):
         self.bar.__enter__()

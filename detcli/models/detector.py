@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.onnx.operators import shape_as_tensor
+
+from detcli.models.postprocess import in_graph
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,16 @@ class Detector(nn.Module):
 
     @staticmethod
     def _sizes(images: Tensor, image_sizes: Tensor | None) -> Tensor:
-        if image_sizes is None:  # (B, 2): the whole padded input
+        if image_sizes is None:  # (B, 2): the whole padded input, a graph value when traced (dynamic sizes)
+            if in_graph():
+                return shape_as_tensor(images)[-2:].to(images.device).expand(images.shape[0], 2)
             return torch.tensor(images.shape[-2:], device=images.device).expand(images.shape[0], 2)
         return image_sizes.to(images.device)
 
     def features(self, images: Tensor) -> list[Tensor]:
         """Neck outputs for 0-255 images (normalised here)."""
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        # in the weights' dtype: fp32 (autocast casts inside), fp16 in an `export.half=true` model
+        x = ((images.float() - self.pixel_mean) / self.pixel_std).to(self.pixel_std.dtype)
         if images.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.neck(self.backbone(x))

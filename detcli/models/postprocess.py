@@ -2,7 +2,8 @@
 selection (top-k per level, threshold, NMS); each head's own decoding (scores, boxes) beside its head.
 
 The output has a fixed shape, (B, max_det) per image padded with score 0 and label -1, so the same
-code runs in training-time evaluation, predict and the exported ONNX graph (dynamic batch axis).
+code runs in training-time evaluation, predict and the exported ONNX graph (dynamic batch axis, and
+with `export.dynamic` dynamic H, W: the sizes of a graph's top-k follow its input, `topk_size`).
 
 Naming: B = images, R = points, C = classes, K = candidates per image, D = max_det.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.onnx.operators import shape_as_tensor
 from torchvision.ops import batched_nms
 
 
@@ -41,6 +43,20 @@ class BatchedNMS(torch.autograd.Function):
         return g.op("NonMaxSuppression", boxes, class_scores, max_per_class, iou_t, thresh)
 
 
+def in_graph() -> bool:
+    """Whether the code runs to be traced (TorchScript) or exported (ONNX) rather than eagerly."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def topk_size(x: Tensor, k: int, dim: int = 1):
+    """min(k, x.shape[dim]), the k of `x.topk`: an int in eager code, a graph value in a traced one, so
+    that a graph with a dynamic input size never asks a small input for more than it has."""
+    if not in_graph():
+        return min(k, x.shape[dim])
+    size = shape_as_tensor(x)[dim : dim + 1]  # (1,)
+    return torch.cat([torch.tensor([k], dtype=size.dtype), size]).min()
+
+
 def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det: int,
              num_classes: int) -> dict[str, Tensor]:
     """Class-wise NMS inside each image, then the best `max_det` per image.
@@ -48,7 +64,7 @@ def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det:
     boxes (B, K, 4), scores (B, K) with invalid candidates < 0, labels (B, K) in [0, C).
     """
     B, K = scores.shape
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # a graph: dense (B, C, K) scores, as ONNX's NMS
+    if in_graph():  # a graph: dense (B, C, K) scores, as ONNX's NMS
         class_scores = torch.zeros(B, num_classes, K, dtype=scores.dtype, device=scores.device)
         class_scores.scatter_(1, labels[:, None, :], scores.clamp(min=0)[:, None, :])  # (B, C, K)
         if torch.onnx.is_in_onnx_export():
@@ -69,6 +85,10 @@ def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det:
         keep = torch.cat(keep)  # (N',)
         b, k = b[keep], k[keep]
     kept_scores = torch.full_like(scores, -1.0).index_put((b, k), scores[b, k])  # (B, K), -1 = dropped
+    if in_graph():  # K follows the input size there: max_det dropped columns first, so that K >= max_det
+        kept_scores = F.pad(kept_scores, (0, max_det), value=-1.0)  # (B, K + D)
+        boxes, labels = F.pad(boxes, (0, 0, 0, max_det)), F.pad(labels, (0, max_det))
+        K = K + max_det
     top_scores, top_idx = kept_scores.topk(min(max_det, K), dim=1)  # (B, D)
     if top_idx.shape[1] < max_det:  # fewer candidates than max_det: pad, so the output keeps its shape
         top_scores = F.pad(top_scores, (0, max_det - top_idx.shape[1]), value=-1.0)
@@ -109,7 +129,8 @@ class DensePostprocess(nn.Module):
         self.max_det = max_det
 
     def scores_and_boxes(self, preds: dict) -> tuple[Tensor, Tensor]:
-        """The head's decoding: scores (B, R, C) in [0, 1] and boxes (B, R, 4) x1y1x2y2 in input pixels."""
+        """The head's decoding: scores (B, R, C) in [0, 1] and boxes (B, R, 4) x1y1x2y2 in input pixels, before
+        any threshold, clipping or NMS (what `detcli export export.nms=false` outputs)."""
         raise NotImplementedError
 
     def forward(self, preds: dict, image_sizes: Tensor) -> dict[str, Tensor]:
@@ -119,7 +140,7 @@ class DensePostprocess(nn.Module):
         start = 0
         for n in preds["level_sizes"]:
             level_scores = scores[:, start : start + n].flatten(1)  # (B, n*C)
-            top, idx = level_scores.topk(min(self.topk_per_level, n * C), dim=1)  # (B, k)
+            top, idx = level_scores.topk(topk_size(level_scores, self.topk_per_level), dim=1)  # (B, k)
             point_idx = idx // C + start
             cand_boxes.append(torch.gather(boxes, 1, point_idx[..., None].expand(-1, -1, 4)))  # (B, k, 4)
             cand_scores.append(top)

@@ -1,27 +1,40 @@
-"""detcli export checkpoint=PATH format=onnx|torchscript: a graph from raw pixels (B, 3, H, W) to
-decoded detections (boxes (B, D, 4), scores (B, D), labels (B, D), NMS included, dynamic batch),
-then a check of the exported model against PyTorch on a sample.
+"""detcli export checkpoint=PATH format=onnx|torchscript: a graph from raw pixels (B, 3, H, W), then a check
+of the exported model against PyTorch on sample images, whose figures go into the `.json` sidecar.
 
-The graph's input has a fixed H x W; the `.json` sidecar says how to get there from an image and back
-(`preprocess`): the checkpoint's keep-ratio resize, padding right and bottom with the model's mean, and
-boxes divided by the per-axis scale then clipped to the original image, exactly what `detcli predict`
-does.
+The graph ends as `export.nms` says:
+- true (default): decoded, filtered detections padded to D = max_det, servable as is: boxes (B, D, 4),
+  scores (B, D), labels (B, D) with -1 for padding (the real ones first), num_dets (B,);
+- false: the head postprocess's decoding (`scores_and_boxes`), before any threshold or NMS: boxes (B, R, 4)
+  and per-class scores (B, R, C).
+The batch axis is always dynamic; `export.dynamic=true` makes H and W dynamic too (checked at two input
+sizes); `export.half=true` stores fp16 weights (the backbone, neck and head run in fp16, the decoding and
+NMS in fp32) for GPU runtimes: its check compares with the fp32 PyTorch model and is reported, not held to
+`tolerance`, as fp16 rounding moves boxes by design.
 
-Naming: B = images, D = detections per image, H, W = the graph's input size.
+The `.json` sidecar says how to get from an image to the input and back (`preprocess`): the checkpoint's
+keep-ratio resize, padding right and bottom with the model's mean (to the fixed H x W, or to a multiple of
+`size_divisible` for a dynamic graph), and boxes divided by the per-axis scale then clipped to the original
+image, exactly what `detcli predict` does (and what its `predict.backend=onnx` reads).
+
+Naming: B = images, D = detections per image, R = decoded boxes per image, C = classes, H, W = input size.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from detcli.build import instantiate_group
-from detcli.data.collate import Collate, pad_value
+from detcli.data.collate import pad_value
+from detcli.data.images import ImageFiles, preprocessing
 from detcli.data.transforms import image_size_of
 from detcli.errors import ConfigError, DetcliError
 from detcli.tasks.common import load_model, log, run_dir
@@ -31,18 +44,27 @@ RESIZE_RULES = {
     "list": "keep the ratio: with image_size = [S, M], the shorter side becomes S and the longer "
             "L = floor(S * long / short); if L > M, the longer becomes M and the shorter floor(M * S / L)",
 }
+OUTPUTS = {True: ["boxes", "scores", "labels", "num_dets"], False: ["boxes", "scores"]}
+OUTPUT_SHAPES = {True: {"boxes": ["B", "D", 4], "scores": ["B", "D"], "labels": ["B", "D"], "num_dets": ["B"]},
+                 False: {"boxes": ["B", "R", 4], "scores": ["B", "R", "C"]}}
+HALF_NOTE = ("fp16 weights: the figures compare the fp16 model with the fp32 PyTorch one and are not held to "
+             "`tolerance` (fp16 rounding moves boxes by design); run the graph on a GPU runtime")
 
 
 class Exportable(nn.Module):
-    """Detector in eval mode with tuple outputs, as export formats want them."""
+    """Detector in eval mode with tuple outputs, as export formats want them: with `nms` the detections and
+    their count per image, without it the postprocess's decoding (every head's `scores_and_boxes`)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, nms: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.nms = model, nms
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        dets = self.model(images)
-        return dets["boxes"], dets["scores"], dets["labels"]
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        if self.nms:
+            dets = self.model(images)
+            return dets["boxes"], dets["scores"], dets["labels"], (dets["labels"] >= 0).sum(1)  # ..., (B,)
+        scores, boxes = self.model.postprocess.scores_and_boxes(self.model.predict(images))  # (B, R, C), (B, R, 4)
+        return boxes, scores
 
 
 def input_size(image_size, size_divisible: int = 32) -> tuple[int, int]:
@@ -50,6 +72,11 @@ def input_size(image_size, size_divisible: int = 32) -> tuple[int, int]:
     [short, max] -> max x max; padded up to a multiple of size_divisible."""
     side = image_size if isinstance(image_size, int) else max(image_size)
     return (-(-int(side) // size_divisible) * size_divisible,) * 2
+
+
+def second_size(hw: tuple[int, int], size_divisible: int) -> tuple[int, int]:
+    """Another (H, W) for checking a dynamic graph: half the height (a multiple of size_divisible), same width."""
+    return max(size_divisible, hw[0] // 2 // size_divisible * size_divisible), hw[1]
 
 
 def export_data_config(ckpt_cfg: DictConfig, image_size) -> DictConfig:
@@ -60,18 +87,21 @@ def export_data_config(ckpt_cfg: DictConfig, image_size) -> DictConfig:
     return data_cfg
 
 
-def preprocess_spec(data_cfg: DictConfig, hw: tuple[int, int], pad: tuple) -> dict:
+def preprocess_spec(data_cfg: DictConfig, hw: tuple[int, int], pad: tuple, dynamic: bool) -> dict:
     """What a deployment does before and after the graph, for the `.json` sidecar."""
     size = image_size_of(data_cfg.image_size)
     steps = data_cfg.get("val_transforms")
+    divisible = int(data_cfg.get("size_divisible", 32))
     return {
-        "input": {"height": hw[0], "width": hw[1], "channels": "RGB", "dtype": "float32",
-                  "range": "0-255, not normalised (the graph normalises)"},
+        "input": {"height": "dynamic" if dynamic else hw[0], "width": "dynamic" if dynamic else hw[1],
+                  "channels": "RGB", "dtype": "float32", "range": "0-255, not normalised (the graph normalises)"},
         "resize": {"image_size": size if isinstance(size, int) else list(size),
                    "rule": RESIZE_RULES["int" if isinstance(size, int) else "list"],
                    "interpolation": "bilinear", "antialias": True},
         "letterbox": bool(data_cfg.get("letterbox", False)),
-        "pad": {"value": list(pad), "position": "right and bottom: the resized image at the input's top left"},
+        "size_divisible": divisible,
+        "pad": {"value": list(pad), "position": "right and bottom: the resized image at the input's top left",
+                "to": f"a multiple of {divisible} on each side" if dynamic else f"{hw[0]} x {hw[1]}"},
         "scale": "per axis, resized / original size: scale_x = w' / w, scale_y = h' / h",
         "boxes_to_original": "boxes are x1, y1, x2, y2 in input pixels (rows with label -1 are padding): "
                              "divide x by scale_x and y by scale_y, then clip x to [0, w] and y to [0, h]",
@@ -79,23 +109,30 @@ def preprocess_spec(data_cfg: DictConfig, hw: tuple[int, int], pad: tuple) -> di
     }
 
 
-def sample_images(data_cfg: DictConfig, meta: dict, batch: int, hw: tuple[int, int], pad: tuple) -> Tensor:
-    """(B, 3, H, W) validation images of the checkpoint's dataset, preprocessed as the sidecar says, or
-    noise when the dataset is not here."""
-    try:
-        dataset = instantiate_group("data", data_cfg).dataset("val", meta["cat_ids"])
-        samples = [dataset[i % len(dataset)] for i in range(batch)]
-        images = Collate(int(data_cfg.get("size_divisible", 32)), pad, canvas=hw)(samples)["images"]
-        return images[..., : hw[0], : hw[1]].float()  # (B, 3, H, W); a val_transforms may resize past it
-    except Exception as e:  # noqa: BLE001 - the check still runs, on noise
-        log.warning("no validation images for the export check (%s); using noise", e)
-        return torch.rand(batch, 3, *hw, generator=torch.Generator().manual_seed(0)) * 255
+def sample_images(data_cfg: DictConfig, meta: dict, batch: int, hw: tuple[int, int],
+                  pad: tuple) -> tuple[Tensor, str]:
+    """(B, 3, H, W) images of the checkpoint's dataset (its training split, else its validation split),
+    preprocessed as the sidecar says, and where they come from; noise when the dataset is not here."""
+    errors = []
+    for split in ("train", "val"):
+        try:
+            records, root, _ = instantiate_group("data", data_cfg).load_split(split, meta["cat_ids"])
+            files = [Path(root) / records[i % len(records)].file_name for i in range(batch)]
+            transforms, collate = preprocessing(data_cfg, pad)
+            collate.canvas = hw
+            images = collate([ImageFiles(files, transforms)[i] for i in range(batch)])["images"]
+            names = ", ".join(dict.fromkeys(f.name for f in files))
+            return images[..., : hw[0], : hw[1]].float(), f"{split} split: {names}"  # a val_transforms may go past
+        except Exception as e:  # noqa: BLE001 - the check still runs, on the other split or on noise
+            errors.append(f"{split}: {e}")
+    log.warning("no dataset images for the export check (%s); using noise", "; ".join(errors))
+    return torch.rand(batch, 3, *hw, generator=torch.Generator().manual_seed(0)) * 255, "noise (no dataset images)"
 
 
 def largest_box_difference(ref: tuple, got: tuple) -> float:
     """Largest |box difference| (px) between matching detections (same label, nearest box) of two runs."""
     worst = 0.0
-    for rb, rs, rl, gb, gs, gl in zip(*ref, *got):
+    for rb, rs, rl, gb, gs, gl in zip(*ref[:3], *got[:3]):
         for box, label in zip(rb[rs > 0], rl[rs > 0]):
             same = gb[(gl == label) & (gs > 0)]
             if len(same) == 0:
@@ -104,61 +141,146 @@ def largest_box_difference(ref: tuple, got: tuple) -> float:
     return worst
 
 
+def compare(ref: tuple, got: tuple, nms: bool) -> dict:
+    """The figures of one check: the largest box difference (px) and, without NMS, the largest score one."""
+    if nms:
+        return {"max_abs_box_diff": largest_box_difference(ref, got),
+                "num_dets": [int(n) for n in got[3]], "num_dets_pytorch": [int(n) for n in ref[3]]}
+    return decoded_difference(ref, got)
+
+
+def decoded_difference(ref: tuple, got: tuple, top: int = 1000) -> dict:
+    """Largest box and score differences between the decodings (boxes (B, R, 4), scores (B, R, C)) of two runs,
+    over the `top` best rows of the reference, each paired with the nearest row (box and scores) of the other:
+    the row order of a two-stage head follows its sorted proposals, which near-ties may swap; and eager
+    Faster R-CNN drops the RoI columns no image fills, which a graph keeps."""
+    box_diff = score_diff = 0.0
+    for rb, rs, gb, gs in zip(ref[0], ref[1], got[0].float(), got[1].float()):
+        idx = rs.amax(1).topk(min(top, len(rs))).indices  # (k,)
+        near = torch.cdist(torch.cat([rb[idx], rs[idx]], 1), torch.cat([gb, gs], 1), p=float("inf")).argmin(1)  # (k,)
+        box_diff = max(box_diff, float((rb[idx] - gb[near]).abs().max()))
+        score_diff = max(score_diff, float((rs[idx] - gs[near]).abs().max()))
+    return {"max_abs_box_diff": box_diff, "max_abs_score_diff": score_diff}
+
+
+def check(reference: nn.Module, run_exported, inputs: list[Tensor], nms: bool) -> list[dict]:
+    """The exported model against PyTorch on each input: one figures dict per input size."""
+    figures = []
+    for images in inputs:
+        with torch.no_grad():
+            ref = reference(images)
+        figures.append({"input": list(images.shape), **compare(ref, run_exported(images), nms)})
+    return figures
+
+
+def export_options(cfg: DictConfig) -> tuple[bool, bool, bool]:
+    """(nms, dynamic, half) of `export.*`, checked."""
+    options = cfg.get("export") or {}
+    values = []
+    for key in ("nms", "dynamic", "half"):
+        value = options.get(key, key == "nms")
+        if not isinstance(value, bool):
+            raise ConfigError(f"export.{key} must be true or false, got '{value}'.")
+        values.append(value)
+    return tuple(values)
+
+
 def run(cfg: DictConfig) -> float:
     out = run_dir()
-    model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu")
-    wrapper = Exportable(model).eval()
-    data_cfg = export_data_config(ckpt_cfg, cfg.image_size)
-    hw = input_size(image_size_of(data_cfg.image_size), int(data_cfg.get("size_divisible", 32)))
-    pad = pad_value(model.pixel_mean)
-    sample = sample_images(data_cfg, meta, int(cfg.batch_size), hw, pad)
-    with torch.no_grad():
-        ref = wrapper(sample)
-    if cfg.format == "onnx":
-        path = Path(cfg.output or out / "model.onnx")
-        got = export_onnx(wrapper, sample, path, int(cfg.opset))
-    elif cfg.format == "torchscript":
-        path = Path(cfg.output or out / "model.torchscript.pt")
-        got = export_torchscript(wrapper, sample, path)
-    else:
+    if cfg.format not in ("onnx", "torchscript"):
         raise ConfigError(f"format must be onnx or torchscript, got '{cfg.format}'.")
-    diff = largest_box_difference(ref, got)
-    (path.parent / f"{path.name}.json").write_text(json.dumps({
-        "format": cfg.format, "input": ["B", 3, *hw], "class_names": meta["class_names"],
-        "cat_ids": meta["cat_ids"], "outputs": ["boxes", "scores", "labels"], "max_abs_box_diff": diff,
-        "preprocess": preprocess_spec(data_cfg, hw, pad),
-    }, indent=2) + "\n")
-    print(f"exported {cfg.format} model to {path} (input B x 3 x {hw[0]} x {hw[1]}, 0-255 RGB; "
-          f"preprocessing in {path.name}.json)")
-    print(f"largest |box difference| against PyTorch: {diff:.2e} px (tolerance {cfg.tolerance})")
-    if not diff <= float(cfg.tolerance):
+    nms, dynamic, half = export_options(cfg)
+    model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu")
+    reference = Exportable(model, nms).eval()
+    exported = Exportable(copy.deepcopy(model).half(), nms).eval() if half else reference
+    data_cfg = export_data_config(ckpt_cfg, cfg.image_size)
+    divisible = int(data_cfg.get("size_divisible", 32))
+    hw = input_size(image_size_of(data_cfg.image_size), divisible)
+    pad = pad_value(model.pixel_mean)
+    sample, source = sample_images(data_cfg, meta, int(cfg.batch_size), hw, pad)
+    inputs = [sample]
+    if dynamic:  # the same images at a second, non-square size
+        inputs.append(F.interpolate(sample, size=second_size(hw, divisible), mode="bilinear", antialias=True).round())
+    suffix = "onnx" if cfg.format == "onnx" else "torchscript.pt"
+    path = Path(cfg.output or out / f"model.{suffix}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "onnx":
+        run_exported = export_onnx(exported, sample, path, int(cfg.opset), OUTPUTS[nms], dynamic)
+    else:
+        run_exported = export_torchscript(exported, sample, path)
+    figures = check(reference, run_exported, inputs, nms)
+    diff = max(f["max_abs_box_diff"] for f in figures)
+    write_sidecar(path, cfg, meta, model, data_cfg, hw, pad, {
+        "images": source, "against": "the fp32 PyTorch model", "inputs": figures, "max_abs_box_diff": diff,
+        "tolerance": float(cfg.tolerance), "enforced": not half, **({"note": HALF_NOTE} if half else {}),
+    })
+    size = "H x W dynamic" if dynamic else f"{hw[0]} x {hw[1]}"
+    print(f"exported {cfg.format} model to {path} (input B x 3 x {size}, 0-255 RGB; outputs "
+          f"{', '.join(OUTPUTS[nms])}{'; fp16 weights' if half else ''}; preprocessing in {path.name}.json)")
+    print(f"largest |box difference| against PyTorch: {diff:.2e} px (tolerance {cfg.tolerance}"
+          f"{', not enforced: fp16 weights' if half else ''}) on {len(inputs)} input size(s) of {source}")
+    if not half and not diff <= float(cfg.tolerance):
         raise DetcliError(f"the exported model at '{path}' differs from PyTorch by {diff:.3g} px, more than "
-                          f"tolerance={cfg.tolerance}.")
+                          f"tolerance={cfg.tolerance} (figures in '{path}.json').")
     return diff
 
 
-def export_onnx(wrapper: nn.Module, sample: Tensor, path: Path, opset: int) -> tuple:
+def write_sidecar(path: Path, cfg: DictConfig, meta: dict, model: nn.Module, data_cfg: DictConfig,
+                  hw: tuple[int, int], pad: tuple, figures: dict) -> None:
+    """`<model>.json` beside the model: classes, inputs and outputs, preprocessing and the check's figures."""
+    nms, dynamic, half = export_options(cfg)
+    sidecar = {
+        "format": cfg.format, "input": ["B", 3, "H", "W"] if dynamic else ["B", 3, *hw],
+        "class_names": meta["class_names"], "cat_ids": meta["cat_ids"], "outputs": OUTPUTS[nms],
+        "output_shapes": OUTPUT_SHAPES[nms], "nms": nms, "dynamic": dynamic, "half": half,
+        # the postprocess baked into a graph with NMS: a consumer can raise them, not lower them
+        "score_thresh": float(model.postprocess.score_thresh), "max_det": int(model.postprocess.max_det),
+        "max_abs_box_diff": figures["max_abs_box_diff"], "check": figures,
+        "preprocess": preprocess_spec(data_cfg, hw, pad, dynamic),
+    }
+    (path.parent / f"{path.name}.json").write_text(json.dumps(json_safe(sidecar), indent=2) + "\n")
+
+
+def json_safe(value):
+    """`value` with non-finite floats (a detection with no counterpart: an infinite difference) as strings,
+    so that the sidecar stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def export_onnx(wrapper: nn.Module, sample: Tensor, path: Path, opset: int, names: list[str] = OUTPUTS[True],
+                dynamic: bool = False):
+    """Writes the ONNX graph; returns a function running it in onnxruntime (CPU) as a tuple of tensors."""
     import onnxruntime as ort
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = ["boxes", "scores", "labels"]
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+    # D = max_det is fixed; R (without NMS) follows the input size
+    out_axes = {0: "batch", 1: "boxes"} if dynamic and "num_dets" not in names else {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # the TorchScript-based exporter: torchvision's NMS has an ONNX symbolic there, and the batch
-        # axis stays dynamic through the data-dependent NMS
+        # (and with export.dynamic the H, W) axes stay dynamic through the data-dependent NMS
         torch.onnx.export(
             wrapper, (sample,), str(path), input_names=["images"], output_names=names, opset_version=opset,
-            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False,
+            dynamic_axes={"images": axes, **{n: out_axes for n in names}}, dynamo=False,
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {"images": sample.numpy()})
-    return tuple(torch.from_numpy(o) for o in outputs)
+    return lambda images: tuple(torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()}))
 
 
-def export_torchscript(wrapper: nn.Module, sample: Tensor, path: Path) -> tuple:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def export_torchscript(wrapper: nn.Module, sample: Tensor, path: Path):
+    """Writes the traced module; returns a function running the saved file."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapper, sample, check_trace=False)
-        traced.save(str(path))
-        return torch.jit.load(str(path))(sample)
+        torch.jit.trace(wrapper, sample, check_trace=False).save(str(path))
+    loaded = torch.jit.load(str(path))
+
+    def run_exported(images: Tensor) -> tuple:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            return tuple(loaded(images))
+
+    return run_exported

@@ -1,10 +1,13 @@
 """detcli predict checkpoint=PATH source=IMAGE|DIR|GLOB: predictions.json (COCO results format, the
-dataset's own category ids, x,y,w,h in original pixels) and one annotated image per input.
+dataset's own category ids, x,y,w,h in original pixels), one annotated image per input, with
+`predict.save_txt=true` YOLO label files, and summary.json (counts, the skipped files and why).
 
 Images are preprocessed as the checkpoint's data config says for validation (val_transforms or the
-keep-ratio resize, letterbox, padding with the model's mean), as in `detcli eval`. With
-`predict.ann=FILE.json` (or `train` / `val`: the checkpoint's own dataset) the image ids are the
-dataset's, so predictions.json can be scored against it."""
+keep-ratio resize, letterbox, padding with the model's mean), as in `detcli eval`; with
+`predict.backend=onnx predict.onnx=model.onnx` the exported graph runs in onnxruntime instead and its
+sidecar gives the classes and the same preprocessing (tasks/predictors.py). A file that cannot be read is
+listed (log, summary.json) and skipped. With `predict.ann=FILE.json` (or `train` / `val`: the checkpoint's
+own dataset) the image ids are the dataset's, so predictions.json can be scored against it."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import json
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.io import write_jpeg, write_png
 from torchvision.utils import draw_bounding_boxes
@@ -20,10 +25,12 @@ from torchvision.utils import draw_bounding_boxes
 from detcli.build import instantiate_group
 from detcli.data.base import read_image
 from detcli.data.coco import load_coco_json
-from detcli.data.collate import pad_value
-from detcli.data.images import ImageFiles, dataset_ids, find_images, preprocessing
-from detcli.engine.evaluator import run_inference
-from detcli.tasks.common import load_model, log, run_dir
+from detcli.data.images import ReadableImageFiles, SkipUnreadable, dataset_ids, find_images, preprocessing
+from detcli.engine.checkpoint import load_checkpoint
+from detcli.engine.progress import Progress
+from detcli.errors import ConfigError
+from detcli.tasks.common import log, run_dir
+from detcli.tasks.predictors import build_predictor
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
            "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
@@ -31,42 +38,96 @@ PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f
 
 def run(cfg: DictConfig) -> int:
     out = run_dir()
-    model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device)
-    model.postprocess.max_det = int(cfg.predict.max_det)
-    thresh = float(cfg.predict.score_thresh)
-    # a threshold below the model's own candidate threshold lowers it: predict.score_thresh=0 keeps everything
-    model.postprocess.score_thresh = min(float(model.postprocess.score_thresh), thresh)
+    predictor = build_predictor(cfg)
     files = find_images(str(cfg.source))
-    transforms, collate = preprocessing(ckpt_cfg.data, pad_value(model.pixel_mean))
-    ids = image_ids(files, str(cfg.source), cfg.predict.get("ann"), ckpt_cfg, meta["cat_ids"])
-    loader = DataLoader(ImageFiles(files, transforms, ids), batch_size=int(cfg.batch_size), collate_fn=collate)
-    names, cat_ids = meta["class_names"], meta["cat_ids"]
-    results = []
-    for batch, dets in run_inference(model, loader, device):
-        for m, d in zip(batch["meta"], dets):
-            keep = d["scores"] >= thresh
-            boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
-            for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-                x1, y1, x2, y2 = box
-                results.append({"file_name": m["file_name"], "image_id": m["image_id"],
-                                "category_id": cat_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                "score": score})
-            if cfg.save_images:
-                draw(Path(m["file_name"]), boxes, scores, labels, names, out / "images" / m["relative"])
+    keep_classes = class_filter(cfg.predict.get("classes"), predictor.class_names)
+    transforms, collate = preprocessing(predictor.data_cfg, predictor.pad)
+    collate.canvas = predictor.canvas or collate.canvas
+    ids = image_ids(files, str(cfg.source), cfg.predict.get("ann"), cfg, predictor)
+    loader = DataLoader(ReadableImageFiles(files, transforms, ids), batch_size=int(cfg.batch_size),
+                        collate_fn=SkipUnreadable(collate))
+    results, skipped, done = [], [], 0
+    with Progress(len(files), label="predict") as bar:
+        for item in loader:
+            for s in item["skipped"]:
+                log.warning("skipped '%s': %s", s["file_name"], s["reason"])
+            skipped += item["skipped"]
+            if item["batch"] is not None:
+                for m, d in zip(item["batch"]["meta"], predictor(item["batch"])):
+                    results += write_image_outputs(cfg, m, d, keep_classes, predictor, out)
+            done += len(item["skipped"]) + (len(item["batch"]["meta"]) if item["batch"] is not None else 0)
+            bar.advance(done)
     (out / "predictions.json").write_text(json.dumps(results, indent=1) + "\n")
-    log.info("%d detections on %d images -> %s", len(results), len(files), out / "predictions.json")
-    print(f"{len(results)} detections on {len(files)} images written to {out / 'predictions.json'}")
+    (out / "summary.json").write_text(json.dumps({
+        "backend": predictor.name, "model": predictor.path, "images": len(files), "predicted": len(files) - len(skipped),
+        "detections": len(results), "skipped": [{"file": s["file_name"], "reason": s["reason"]} for s in skipped],
+    }, indent=1) + "\n")
+    log.info("%d detections on %d images -> %s", len(results), len(files) - len(skipped), out / "predictions.json")
+    print(f"{len(results)} detections on {len(files) - len(skipped)} images written to {out / 'predictions.json'}"
+          + (f"; {len(skipped)} unreadable files skipped (listed in {out / 'summary.json'})" if skipped else ""))
     return len(results)
 
 
-def image_ids(files: list[Path], source: str, ann: str | None, ckpt_cfg: DictConfig,
-              cat_ids: list[int]) -> list[int] | None:
+def write_image_outputs(cfg: DictConfig, meta: dict, dets: dict[str, Tensor], keep_classes: set[int] | None,
+                        predictor, out: Path) -> list[dict]:
+    """One image's detections above predict.score_thresh (of the kept classes): its annotated image and YOLO
+    label file as configured; returns its COCO results."""
+    keep = dets["scores"] >= float(cfg.predict.score_thresh)
+    if keep_classes is not None:  # after NMS: predict.max_det counts every class, as the exported graph does
+        keep &= torch.isin(dets["labels"], torch.tensor(sorted(keep_classes), dtype=dets["labels"].dtype))
+    boxes, scores, labels = dets["boxes"][keep], dets["scores"][keep], dets["labels"][keep]
+    if cfg.save_images:
+        draw(Path(meta["file_name"]), boxes, scores, labels, predictor.class_names, out / "images" / meta["relative"])
+    if cfg.predict.get("save_txt"):
+        write_yolo_txt(out / "labels" / Path(meta["relative"]).with_suffix(".txt"), boxes, scores, labels,
+                       meta["orig_size"], bool(cfg.predict.get("save_conf")))
+    return [{"file_name": meta["file_name"], "image_id": meta["image_id"], "category_id": predictor.cat_ids[label],
+             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())]
+
+
+def class_filter(classes, names: list[str]) -> set[int] | None:
+    """predict.classes (class names or 0-based indices, as in YOLO label files) as a set of labels; None: all."""
+    if classes is None:
+        return None
+    items = OmegaConf.to_container(classes) if isinstance(classes, ListConfig) else classes
+    items = items if isinstance(items, list) else [items]
+    labels = set()
+    for c in items:
+        if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
+            labels.add(c)
+        elif isinstance(c, str) and c in names:
+            labels.add(names.index(c))
+        else:
+            raise ConfigError(f"predict.classes: {c!r} is not a class of this model; give names or 0-based indices "
+                              f"among {', '.join(f'{i}={n}' for i, n in enumerate(names))}.")
+    return labels
+
+
+def write_yolo_txt(path: Path, boxes: Tensor, scores: Tensor, labels: Tensor, orig_size: tuple[int, int],
+                   save_conf: bool) -> None:
+    """YOLO labels, one line per detection: class cx cy w h normalised to the original image, then the score
+    when `save_conf` (ultralytics' save_txt / save_conf); an image without detections gets an empty file."""
+    H, W = orig_size
+    lines = []
+    for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        row = (label, (x1 + x2) / 2 / W, (y1 + y2) / 2 / H, (x2 - x1) / W, (y2 - y1) / H) + ((score,) if save_conf else ())
+        lines.append(("%g " * len(row)).rstrip() % row + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+
+
+def image_ids(files: list[Path], source: str, ann: str | None, cfg: DictConfig, predictor) -> list[int] | None:
     """The dataset's ids of the files when `ann` names their annotations (None: 1, 2, ... in file order).
     File names are matched relative to the source folder (or the files' common folder)."""
     if not ann:
         return None
     if ann in ("train", "val"):  # the checkpoint's own dataset, whatever its format
-        records, _, _ = instantiate_group("data", ckpt_cfg.data).load_split(ann, cat_ids)
+        if predictor.ckpt_cfg is None and not cfg.get("checkpoint"):
+            raise ConfigError(f"predict.ann={ann} reads the checkpoint's dataset: give checkpoint=PATH too, or "
+                              f"predict.ann=FILE.json (COCO).")
+        ckpt_cfg = predictor.ckpt_cfg or OmegaConf.create(load_checkpoint(cfg.checkpoint)["config"])
+        records, _, _ = instantiate_group("data", ckpt_cfg.data).load_split(ann, predictor.cat_ids)
         known = {r.file_name: r.image_id for r in records}
     else:
         known = {img["file_name"]: img["id"] for img in load_coco_json(ann, "predict.ann")["images"]}
@@ -87,4 +148,3 @@ def draw(path: Path, boxes, scores, labels, names: list[str], target: Path) -> N
         write_jpeg(drawn, str(target), quality=92)
     else:
         write_png(drawn, str(target.with_name(target.name + ".png") if target.suffix.lower() != ".png" else target))
-

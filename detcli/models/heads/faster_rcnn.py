@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from detcli.assigners.max_iou import BalancedSampler, MaxIoUMatcher
 from detcli.models.heads.rpn import RPNHead, select_proposals
-from detcli.models.postprocess import clip_boxes, nms_topk
+from detcli.models.postprocess import clip_boxes, in_graph, nms_topk, topk_size
 from detcli.ops import box_coder
 from detcli.ops.anchors import AnchorGrid
 from detcli.ops.roi_align import MultiLevelRoIAlign, restore_order
@@ -114,7 +114,7 @@ class FasterRCNNHead(nn.Module):
             if targets is None:
                 raise ValueError("FasterRCNNHead: the targets are needed in training, to sample the RoIs")
             rois, roi_valid, out["roi_matched"] = self.sample_rois(rois, roi_valid, targets)
-        elif not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        elif not in_graph():
             # eval: the valid proposals come first; drop the columns no image fills (a traced graph keeps P)
             keep = max(1, int(roi_valid.sum(1).max()))
             rois, roi_valid = rois[:, :keep], roi_valid[:, :keep]  # (B, S, 4), (B, S)
@@ -128,7 +128,8 @@ class FasterRCNNHead(nn.Module):
     def _second_stage(self, rois: Tensor, *feats: Tensor) -> tuple[Tensor, Tensor]:
         S = rois.shape[1]
         pooled, order = self.roi_align(list(feats), rois)  # (B*S, A, P, P), level-sorted on CPU
-        x = restore_order(self.box_head(pooled), order)  # (B*S, F), image-major
+        # pooled in fp32; the box head in the features' dtype (fp16 in an `export.half=true` model)
+        x = restore_order(self.box_head(pooled.to(feats[0].dtype)), order)  # (B*S, F), image-major
         # reshape, not unflatten: the ONNX exporter writes unflatten's -1 as the traced batch
         cls_logits = self.cls_score(x).reshape(-1, S, self.num_classes + 1)  # (B, S, C + 1)
         box_deltas = self.bbox_pred(x).reshape(-1, S, self.num_classes, 4)  # (B, S, C, 4)
@@ -163,21 +164,35 @@ class FasterRCNNPostprocess(nn.Module):
         self.score_thresh, self.nms_thresh, self.max_det = score_thresh, nms_thresh, max_det
         self.min_size, self.topk_candidates = min_size, topk_candidates
 
+    def decode(self, preds: dict) -> tuple[Tensor, Tensor]:
+        """Softmax scores (B, S, C) without the background, 0 for padded RoIs, and the class-specific boxes
+        (B, S, C, 4) x1y1x2y2 in input pixels, decoded against the RoIs."""
+        scores = F.softmax(preds["cls_logits"].float(), dim=-1)[..., : self.num_classes]  # (B, S, C)
+        scores = scores * preds["roi_valid"][..., None]
+        rois = preds["rois"].float()  # (B, S, 4)
+        boxes = box_coder.decode(rois[:, :, None], preds["box_deltas"].float(), box_coder.ROI_WEIGHTS)  # (B, S, C, 4)
+        return scores, boxes
+
+    def scores_and_boxes(self, preds: dict) -> tuple[Tensor, Tensor]:
+        """The decoding as the one-stage heads give it (`detcli export export.nms=false`): one row per (RoI,
+        class) box, R = S*C, scores (B, R, C) holding that class's score alone (0 elsewhere) and boxes (B, R, 4);
+        class-wise NMS over them gives what `forward` does, before its threshold and clipping."""
+        scores, boxes = self.decode(preds)  # (B, S, C), (B, S, C, 4)
+        one_hot = torch.eye(self.num_classes, dtype=scores.dtype, device=scores.device)  # (C, C)
+        return (scores[..., None] * one_hot).flatten(1, 2), boxes.flatten(1, 2)  # (B, S*C, C), (B, S*C, 4)
+
     def forward(self, preds: dict, image_sizes: Tensor) -> dict[str, Tensor]:
         C = self.num_classes
-        rois = preds["rois"].float()  # (B, S, 4)
-        scores = F.softmax(preds["cls_logits"].float(), dim=-1)[..., :C]  # (B, S, C), background dropped
-        boxes = box_coder.decode(rois[:, :, None], preds["box_deltas"].float(), box_coder.ROI_WEIGHTS)  # (B, S, C, 4)
+        scores, boxes = self.decode(preds)  # (B, S, C), (B, S, C, 4)
         boxes = clip_boxes(boxes.flatten(1, 2), image_sizes)  # (B, S*C, 4)
         wide = boxes[..., 2:] - boxes[..., :2]  # (B, S*C, 2)
-        keep = (scores.flatten(1) > self.score_thresh) & (wide >= self.min_size).all(-1) \
-            & preds["roi_valid"][..., None].expand(-1, -1, C).flatten(1)  # (B, S*C)
         scores = scores.flatten(1)  # (B, S*C)
+        # padded RoIs have score 0, never above the threshold
+        keep = (scores > self.score_thresh) & (wide >= self.min_size).all(-1)  # (B, S*C)
         scores = torch.where(keep, scores, torch.full_like(scores, -1.0))
-        if self.topk_candidates and self.topk_candidates < scores.shape[1]:
-            scores, idx = scores.topk(self.topk_candidates, dim=1)  # (B, K)
+        if self.topk_candidates:
+            scores, idx = scores.topk(topk_size(scores, self.topk_candidates), dim=1)  # (B, K)
             boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
         else:
             idx = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)  # (B, S*C)
         return nms_topk(boxes, scores, idx % C, self.nms_thresh, self.max_det, C)
-

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detcli.models.postprocess import clip_boxes, nms_topk
+from detcli.models.postprocess import clip_boxes, nms_topk, topk_size
 from detcli.ops import box_coder
 
 
@@ -61,7 +61,8 @@ def select_proposals(
     logits, deltas = logits.detach().float(), deltas.detach().float()
     top_logits, top_boxes, top_levels, start = [], [], [], 0
     for level, n in enumerate(level_sizes):
-        value, idx = logits[:, start : start + n].topk(min(pre_nms_topk, n), dim=1)  # (B, k)
+        level_logits = logits[:, start : start + n]  # (B, n)
+        value, idx = level_logits.topk(topk_size(level_logits, pre_nms_topk), dim=1)  # (B, k)
         idx = idx + start
         d = torch.gather(deltas, 1, idx[..., None].expand(-1, -1, 4))  # (B, k, 4)
         top_boxes.append(box_coder.decode(anchors[idx], d, box_coder.RPN_WEIGHTS))  # (B, k, 4)

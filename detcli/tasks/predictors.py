@@ -1,0 +1,143 @@
+"""The backends of `detcli predict`: a model that turns a batch of preprocessed images into per-image
+detections in original pixels, with the classes and the preprocessing it expects.
+
+- torch: the checkpoint's model in PyTorch (`checkpoint=PATH`), preprocessed as its data config says;
+- onnx: a graph written by `detcli export format=onnx export.nms=true` (`predict.onnx=PATH`) in onnxruntime,
+  its `.json` sidecar giving the classes and the preprocessing. The graph's NMS output has the same fixed
+  shape as the PyTorch model's, so both backends share everything after it.
+
+Naming: B = images, D = detections per image, H, W = the graph's input size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from detcli.data.collate import pad_value
+from detcli.engine.evaluator import to_original
+from detcli.engine.utils import resolve_device
+from detcli.errors import ConfigError
+from detcli.tasks.common import load_model
+
+log = logging.getLogger("detcli")
+SIDECAR_KEYS = ("format", "outputs", "input", "class_names", "cat_ids", "score_thresh", "max_det", "preprocess")
+
+
+class TorchPredictor:
+    """The checkpoint's model; `predict.max_det` and a `predict.score_thresh` below the model's own
+    candidate threshold are set on its postprocess."""
+
+    name = "torch"
+
+    def __init__(self, cfg: DictConfig):
+        if not cfg.get("checkpoint"):
+            raise ConfigError("checkpoint=PATH is needed with predict.backend=torch (the default); "
+                              "with predict.backend=onnx give predict.onnx=PATH instead.")
+        self.model, self.ckpt_cfg, meta, self.device = load_model(cfg.checkpoint, cfg.device)
+        self.model.postprocess.max_det = int(cfg.predict.max_det)
+        # a threshold below the model's own candidate threshold lowers it: predict.score_thresh=0 keeps everything
+        thresh = min(float(self.model.postprocess.score_thresh), float(cfg.predict.score_thresh))
+        self.model.postprocess.score_thresh = thresh
+        self.class_names, self.cat_ids = meta["class_names"], meta["cat_ids"]
+        self.data_cfg, self.pad, self.canvas = self.ckpt_cfg.data, pad_value(self.model.pixel_mean), None
+        self.path = str(cfg.checkpoint)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> list[dict[str, Tensor]]:
+        images = batch["images"].to(self.device, non_blocking=True)
+        return to_original(self.model(images, image_sizes=batch["image_sizes"].to(self.device)), batch)
+
+
+class OnnxPredictor:
+    """An exported graph with NMS in onnxruntime (CUDA when `device` asks for it and onnxruntime has it).
+    Its baked postprocess (score threshold, max_det) is a floor: predict can raise it, not lower it."""
+
+    name = "onnx"
+
+    def __init__(self, cfg: DictConfig):
+        import onnxruntime as ort
+
+        path = Path(str(cfg.predict.get("onnx") or "")).expanduser()
+        if not cfg.predict.get("onnx"):
+            raise ConfigError("predict.backend=onnx needs predict.onnx=PATH, the model.onnx written "
+                              "by `detcli export format=onnx` (its model.onnx.json sidecar beside it).")
+        sidecar = read_sidecar(path)
+        self.class_names, self.cat_ids = sidecar["class_names"], sidecar["cat_ids"]
+        spec = sidecar["preprocess"]
+        self.data_cfg = OmegaConf.create({
+            "image_size": spec["resize"]["image_size"], "letterbox": spec["letterbox"],
+            "size_divisible": spec.get("size_divisible", 32), "val_transforms": spec["val_transforms"],
+        })
+        self.pad = tuple(spec["pad"]["value"])
+        # a fixed-size graph gets every batch padded to its H x W; a dynamic one what the PyTorch model gets
+        self.canvas = None if sidecar.get("dynamic") else tuple(sidecar["input"][2:])
+        self.ckpt_cfg = None
+        self.max_det = int(cfg.predict.max_det)
+        self.path = str(path)
+        warn_floor(cfg, sidecar, path)
+        cuda = resolve_device(cfg.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        self.session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"] * cuda
+                                            + ["CPUExecutionProvider"])
+
+    def __call__(self, batch: dict) -> list[dict[str, Tensor]]:
+        images = batch["images"]
+        if self.canvas:  # a val_transforms may resize past the graph's input: it sees its own H x W
+            images = images[..., : self.canvas[0], : self.canvas[1]]
+        boxes, scores, labels = self.session.run(["boxes", "scores", "labels"],
+                                                 {"images": np.ascontiguousarray(images.float().numpy())})
+        dets = {"boxes": torch.from_numpy(boxes)[:, : self.max_det], "scores": torch.from_numpy(scores)[:, : self.max_det],
+                "labels": torch.from_numpy(labels)[:, : self.max_det]}  # (B, D, 4), (B, D), (B, D): best first
+        return to_original(dets, batch)
+
+
+def read_sidecar(path: Path) -> dict:
+    """The `.json` sidecar of an exported ONNX graph, checked to describe a graph with NMS."""
+    sidecar_path = path.parent / f"{path.name}.json"
+    if not path.is_file():
+        raise ConfigError(f"predict.onnx: '{path}' does not exist.")
+    if not sidecar_path.is_file():
+        raise ConfigError(f"predict.onnx: '{path}' has no sidecar '{sidecar_path}': predict reads the classes and the "
+                          f"preprocessing from it; export the model with `detcli export format=onnx`, which writes both.")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"predict.onnx: the sidecar '{sidecar_path}' is not valid JSON (line {e.lineno}: "
+                          f"{e.msg}).") from e
+    missing = [k for k in SIDECAR_KEYS if k not in sidecar]
+    if missing:
+        raise ConfigError(f"predict.onnx: the sidecar '{sidecar_path}' lacks {', '.join(missing)}: it is not one the "
+                          f"current `detcli export` writes; export the model again.")
+    if sidecar.get("format") != "onnx" or "num_dets" not in sidecar.get("outputs", []):
+        raise ConfigError(f"predict.onnx: '{path}' is not an ONNX graph with NMS (its sidecar lists outputs "
+                          f"{sidecar.get('outputs')}, format {sidecar.get('format')}); predict.backend=onnx needs the "
+                          f"detections: export it with `detcli export format=onnx export.nms=true`.")
+    return sidecar
+
+
+def warn_floor(cfg: DictConfig, sidecar: dict, path: Path) -> None:
+    """A warning when predict asks for more than the graph's baked postprocess keeps."""
+    if float(cfg.predict.score_thresh) < sidecar["score_thresh"]:
+        log.warning("predict.score_thresh=%s is below the score threshold baked into '%s' (%s): detections below "
+                    "%s are not in its output.", cfg.predict.score_thresh, path, sidecar["score_thresh"],
+                    sidecar["score_thresh"])
+    if int(cfg.predict.max_det) > sidecar["max_det"]:
+        log.warning("predict.max_det=%s is above the graph's max_det (%s): at most %s detections per image.",
+                    cfg.predict.max_det, sidecar["max_det"], sidecar["max_det"])
+
+
+PREDICTORS = {"torch": TorchPredictor, "onnx": OnnxPredictor}
+
+
+def build_predictor(cfg: DictConfig):
+    """The backend `predict.backend` names."""
+    backend = cfg.predict.get("backend", "torch")
+    if backend not in PREDICTORS:
+        raise ConfigError(f"predict.backend must be one of {', '.join(PREDICTORS)}, got '{backend}'.")
+    return PREDICTORS[backend](cfg)
