@@ -417,11 +417,7 @@ def coco_map(pairs) -> dict[str, float]:
     (detcli/engine/coco_eval.py: COCO's protocol through faster-coco-eval), crowd gt ignored."""
     from detcli.engine.evaluator import METRIC_KEYS, score
 
-    dets = [{k: v.cpu() for k, v in d.items()} for d, _ in pairs]
-    gts = [gt for _, gt in pairs]
-    classes = 1 + max([int(g["labels"].max()) for g in gts if len(g["labels"])] +
-                      [int(d["labels"].max()) for d in dets if len(d["labels"])], default=0)
-    stats = score(dets, gts, [str(k) for k in range(classes)]).stats
+    stats = score([{k: v.cpu() for k, v in d.items()} for d, _ in pairs], [gt for _, gt in pairs]).stats
     return {k: stats[k] for k in METRIC_KEYS}
 
 

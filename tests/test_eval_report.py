@@ -26,6 +26,10 @@ def test_eval_writes_the_report_and_a_results_file_scores_the_same(trained_run, 
     gt = sum(c["gt"] for c in model["per_class"])
     assert counts.shape == (4, 4) and counts[:, :3].sum() == gt  # every object is in one column once
     assert 0 <= model["voc"]["map_50_area"] <= 1
+    tide = model["tide"]  # the AP50 recovered per error type, and what is left to recover adds up below 1
+    assert set(tide["delta"]) == {"cls", "loc", "both", "dupe", "bkg", "missed", "fp", "fn"}
+    assert all(v >= -1e-9 for v in tide["delta"].values()) and tide["ap_50"] + tide["delta"]["fp"] <= 1 + 1e-9
+    assert "TIDE" in proc.stdout and len(tide["per_class"]) == 3
     detections = json.loads((tmp_path / "model" / "detections.json").read_text())
     assert len(detections) == sum(c["dets"] for c in model["per_class"]) > 0
     assert set(detections[0]) == {"image_id", "category_id", "bbox", "score"}

@@ -18,14 +18,19 @@ from detcli.data.checks import Defect
 from detcli.errors import DataError
 
 
-def load_coco_json(path: str | Path, key: str) -> dict:
+def read_json(path: str | Path, key: str, what: str = "annotation file"):
+    """A JSON file named by config key `key`; a missing file or bad JSON is a DataError naming both."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"{key}: annotation file '{path}' does not exist.")
+        raise DataError(f"{key}: {what} '{path}' does not exist.")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{key}: '{path}' is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from e
+
+
+def load_coco_json(path: str | Path, key: str) -> dict:
+    data = read_json(path, key)
     for k in ("images", "annotations", "categories"):
         if k not in data:
             raise DataError(f"{key}: '{path}' has no '{k}' list; it is not a COCO instances file.")

@@ -61,7 +61,12 @@ def collect(model: nn.Module, loader, device: torch.device, precision: str = "fp
     return dets, gts, metas
 
 
-def score(dets: list[dict], gts: list[dict], class_names: list[str]) -> CocoResult:
+def score(dets: list[dict], gts: list[dict], class_names: list[str] | None = None) -> CocoResult:
+    """COCO's evaluation of per-image detections against ground truth (contiguous labels); without class
+    names, the classes are those the labels reach (the 12 statistics average over classes with ground truth)."""
+    if class_names is None:
+        labels = [int(x["labels"].max()) for x in (*dets, *gts) if len(x["labels"])]
+        class_names = [str(k) for k in range(max(labels, default=0) + 1)]
     evaluation = CocoEvaluation(class_names)
     evaluation.update(dets, gts)
     return evaluation.compute()
@@ -71,6 +76,5 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
              channels_last: bool = False) -> dict[str, float]:
     """The 12 COCO statistics of the model on the loader's images (STAT_KEYS)."""
     dets, gts, _ = collect(model, loader, device, precision, channels_last)
-    names = [str(k) for k in range(model.postprocess.num_classes)]
-    stats = score(dets, gts, names).stats
+    stats = score(dets, gts).stats
     return {k: stats[k] for k in STAT_KEYS}

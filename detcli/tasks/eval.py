@@ -1,8 +1,8 @@
 """detcli eval checkpoint=PATH | detections=RESULTS.json: the evaluation report of a model (or of any COCO
 results file) on the val set.
 
-Writes to the run folder: metrics.json (the 12 COCO statistics, per class AP / AP50 / recall, the confusion
-matrix, VOC AP with `voc=true`), detections.json (the model's detections as COCO results: the dataset's image
+Writes to the run folder: metrics.json (the 12 COCO statistics, per class AP / AP50 / recall, the TIDE error
+breakdown (detcli/engine/tide.py), the confusion matrix, VOC AP with `voc=true`), detections.json (the model's detections as COCO results: the dataset's image
 and category ids, x, y, w, h in original pixels), pr_curve.png and confusion_matrix.png; prints the summary and
 per-class tables. `detections=FILE` scores that file instead of running a model: against the checkpoint's val
 set when `checkpoint=` is given too, else against the configured data (`data=coco data.val_ann=...`).
@@ -22,11 +22,13 @@ from rich.console import Console
 from rich.table import Table
 
 from detcli.build import instantiate_group
+from detcli.data.coco import read_json
 from detcli.data.collate import pad_value
 from detcli.engine.coco_eval import STAT_KEYS
 from detcli.engine.confusion import confusion_matrix
 from detcli.engine.evaluator import collect, score
 from detcli.engine.plots import confusion_matrix_plot, pr_curves
+from detcli.engine.tide import ERRORS, tide
 from detcli.engine.voc_eval import voc_ap
 from detcli.errors import ConfigError
 from detcli.tasks.common import data_config, load_model, run_dir
@@ -70,6 +72,9 @@ def run(cfg: DictConfig) -> float:
                                    "score_thresh": float(conf.score_thresh), "iou_thresh": float(conf.iou_thresh),
                                    "counts": matrix.tolist()},
               "val_defects": len(dataset.defects), "val_note": dataset.defect_note}
+    breakdown = tide(dets, gts, len(names))
+    report["tide"] = {"ap_50": breakdown["ap"], "delta": breakdown["delta"], "counts": breakdown["counts"],
+                      "per_class": [{"class": n, **c} for n, c in zip(names, breakdown["per_class"])]}
     if cfg.voc:
         per_class = voc_ap(dets, gts, len(names))
         valid = [c for c in per_class if c["ap_11"] >= 0]
@@ -104,12 +109,7 @@ def results_mode(cfg: DictConfig):
 
 def read_results(path: Path, dataset, cat_ids: list[int]) -> tuple[list[dict], list[dict]]:
     """A COCO results file -> (detections, ground truth) per val image, in the dataset's record order."""
-    if not path.is_file():
-        raise ConfigError(f"detections: file '{path}' does not exist.")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"detections: '{path}' is not valid JSON ({e}).") from e
+    results = read_json(path, "detections", "results file")
     if not isinstance(results, list):
         raise ConfigError(f"detections: '{path}' must hold a JSON list of COCO results "
                           f"({{image_id, category_id, bbox [x, y, w, h], score}}), found a {type(results).__name__}.")
@@ -151,7 +151,7 @@ def write_detections(path: Path, dets: list[dict], metas: list[dict], cat_ids: l
 
 
 def print_report(report: dict, names: list[str], source: str) -> None:
-    console = Console()
+    console = Console(width=max(110, Console().width))
     table = Table(title=f"COCO metrics of {source}, {report['images']} images")
     table.add_column("metric")
     table.add_column("key")
@@ -169,3 +169,15 @@ def print_report(report: dict, names: list[str], source: str) -> None:
         cells = [f"{c[k]:.4f}" if c[k] >= 0 else "-" for k in ("ap", "ap_50", "recall_50")]
         per_class.add_row(c["class"], str(c["gt"]), str(c["dets"]), *cells)
     console.print(per_class)
+    t = report["tide"]
+    errors = Table(title=f"why AP50 ({t['ap_50']:.4f}) is lost: the AP recovered by fixing each error type (TIDE)")
+    errors.add_column("")
+    for col in (*ERRORS, "all FP", "all FN"):
+        errors.add_column(col, justify="right")
+    keys = [*ERRORS, "fp", "fn"]
+    errors.add_row("all classes", *(f"{t['delta'][k]:.4f}" for k in keys))
+    errors.add_row("count", *(str(t["counts"][k]) for k in ERRORS), "", "")
+    for c in t["per_class"]:
+        if c["ap"] >= 0:
+            errors.add_row(c["class"], *(f"{c['delta'][k]:.4f}" for k in keys))
+    console.print(errors)
