@@ -78,3 +78,13 @@ def test_errors_together_are_counted_apart_and_per_class():
     assert {k: v for k, v in result["counts"].items() if v} == {"dupe": 1, "bkg": 1, "cls": 1, "loc": 1}
     assert len(result["per_class"]) == CLASSES and all(0 < c["ap"] <= 1 for c in result["per_class"])
     assert all(result["delta"][k] > 0 for k in ("dupe", "bkg", "cls", "loc", "fp"))
+
+
+def test_nothing_found_recovers_nothing_by_dropping_the_missed():
+    """Every detection off target: fixing the false negatives takes every object out of the count, which
+    finds nothing (AP stays 0), rather than leaving no class to average."""
+    dets, gts = perfect()
+    for d in dets:
+        d["boxes"] = d["boxes"] + 300.0
+    result = tide(dets, gts, CLASSES)
+    assert result["ap"] == 0 and result["delta"]["fn"] == 0 and result["counts"]["bkg"] == 36

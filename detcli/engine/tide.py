@@ -47,12 +47,12 @@ def tide(dets: list[dict[str, Tensor]], gts: list[dict[str, Tensor]], num_classe
     ..., "fp": ..., "fn": ...}, "per_class": [{"ap", "delta"}...], "counts": {error: how many}}."""
     items, objects = _classify(dets, gts, fg, bg)
     base = _map(items, objects, num_classes)
+    counted = [ap >= 0 for ap in base]  # the classes in the mean stay those with objects before any fix
     delta = {}
     for error in ERRORS:
-        fixed_items, fixed_objects = _fix(items, objects, {error})
-        delta[error] = _map(fixed_items, fixed_objects, num_classes)
-    delta["fp"] = _map(*_fix(items, objects, {"cls", "loc", "both", "dupe", "bkg"}), num_classes)
-    delta["fn"] = _map(*_fix(items, objects, {"fn"}), num_classes)
+        delta[error] = _map(*_fix(items, objects, {error}), num_classes, counted)
+    delta["fp"] = _map(*_fix(items, objects, {"cls", "loc", "both", "dupe", "bkg"}), num_classes, counted)
+    delta["fn"] = _map(*_fix(items, objects, {"fn"}), num_classes, counted)
     out_delta = {k: _mean(v) - _mean(base) for k, v in delta.items()}
     per_class = [{"ap": base[c], "delta": {k: (v[c] - base[c]) if base[c] >= 0 else -1.0 for k, v in delta.items()}}
                  for c in range(num_classes)]
@@ -129,16 +129,17 @@ def _fix(items: list[_Det], objects: list[list[dict]], errors: set[str]) -> tupl
     return out, fixed_objects
 
 
-def _map(items, objects: list[list[dict]], num_classes: int) -> list[float]:
-    """Per class AP at IoU 0.5 (COCO's 101 recall points); -1 for a class without objects. `items` are
-    _Det (their kind says tp) or (image, label, score, tp) tuples."""
+def _map(items, objects: list[list[dict]], num_classes: int, counted: list[bool] | None = None) -> list[float]:
+    """Per class AP at IoU 0.5 (COCO's 101 recall points); -1 for a class without objects, unless `counted`
+    keeps it (a fix took all its objects out of the count: nothing was found, AP 0). `items` are _Det (their
+    kind says tp) or (image, label, score, tp) tuples."""
     rows = [(d.label, d.score, d.kind == "tp") if isinstance(d, _Det) else (d[1], d[2], d[3])
             for d in items if not (isinstance(d, _Det) and d.kind == "ignore")]
     positives = np.bincount([o["label"] for objs in objects for o in objs if not o["crowd"]], minlength=num_classes)
     out = []
     for c in range(num_classes):
         if positives[c] == 0:
-            out.append(-1.0)
+            out.append(0.0 if counted is not None and counted[c] else -1.0)
             continue
         mine = sorted((r for r in rows if r[0] == c), key=lambda r: -r[1])
         tp = np.cumsum([r[2] for r in mine], dtype=np.float64)
