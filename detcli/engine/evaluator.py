@@ -1,5 +1,6 @@
 """Evaluation over a loader: detections mapped back to original pixels, gathered from every DDP rank, and
-scored by COCO's protocol (detcli/engine/coco_eval.py: the 12 statistics, per-class numbers).
+scored by COCO's protocol (detcli/engine/coco_eval.py: the 12 statistics, per-class numbers), with the
+F1-optimal score thresholds per class (detcli/engine/thresholds.py) that training stores in its checkpoints.
 
 Naming: B = images, D = detections per image (padded with label -1).
 """
@@ -11,6 +12,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from detcli.engine.coco_eval import STAT_KEYS, CocoEvaluation, CocoResult
+from detcli.engine.thresholds import f1_thresholds
 from detcli.engine.utils import autocast_dtype
 from detcli.models.postprocess import clip_boxes
 
@@ -75,6 +77,15 @@ def score(dets: list[dict], gts: list[dict], class_names: list[str] | None = Non
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
              channels_last: bool = False) -> dict[str, float]:
     """The 12 COCO statistics of the model on the loader's images (STAT_KEYS)."""
+    return evaluate_with_thresholds(model, loader, device, precision, channels_last)[0]
+
+
+def evaluate_with_thresholds(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
+                             channels_last: bool = False, num_classes: int | None = None
+                             ) -> tuple[dict[str, float], list[float | None]]:
+    """(the 12 COCO statistics, the F1-optimal score threshold per class of `num_classes`: thresholds.py;
+    [] without num_classes) of the model on the loader's images, from one pass over them."""
     dets, gts, _ = collect(model, loader, device, precision, channels_last)
     stats = score(dets, gts).stats
-    return {k: stats[k] for k in STAT_KEYS}
+    thresholds = f1_thresholds(dets, gts, num_classes) if num_classes else []
+    return {k: stats[k] for k in STAT_KEYS}, thresholds

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from detcli.engine.budget import TimeBudget, parse_duration
 from detcli.engine.checkpoint import rng_state, rotate_save, set_rng_state
-from detcli.engine.evaluator import evaluate
+from detcli.engine.evaluator import evaluate_with_thresholds
 from detcli.engine.loggers import NullLogger
 from detcli.engine.progress import Progress
 from detcli.engine.schedule import build_scheduler, describe
@@ -360,12 +360,15 @@ class Trainer:
         self._loss_sum, self._loss_count, self._since_log = None, 0, (0, time.perf_counter())
 
     def evaluate_and_save(self) -> bool:
-        """Evaluate (every rank its share, metrics gathered), log and save last.pt / best.pt on rank 0;
+        """Evaluate (every rank its share, metrics gathered), log and save last.pt / best.pt on rank 0, their
+        meta["score_thresholds"] the F1-optimal per-class thresholds of this evaluation (predict's default);
         True when early stopping ends the run."""
         stop = False
         model = self.ema.module if self.ema is not None else self.model
         t0 = time.perf_counter()
-        metrics = evaluate(model, self.val_loader, self.device, self.t.precision, self.t.channels_last)
+        metrics, thresholds = evaluate_with_thresholds(model, self.val_loader, self.device, self.t.precision,
+                                                       self.t.channels_last, len(self.meta.get("class_names", [])))
+        self.meta["score_thresholds"] = thresholds  # in label order, None: the class falls back to predict's 0.3
         rng = self.rng_states()  # every rank's, gathered here where all of them are
         if self.main:
             record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}

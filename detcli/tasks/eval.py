@@ -1,10 +1,13 @@
 """detcli eval checkpoint=PATH | detections=RESULTS.json: the evaluation report of a model (or of any COCO
 results file) on the val set.
 
-Writes to the run folder: metrics.json (the 12 COCO statistics, per class AP / AP50 / recall, the TIDE error
-breakdown (detcli/engine/tide.py), the confusion matrix, VOC AP with `voc=true`), detections.json (the model's detections as COCO results: the dataset's image
-and category ids, x, y, w, h in original pixels), pr_curve.png and confusion_matrix.png; prints the summary and
-per-class tables. `detections=FILE` scores that file instead of running a model: against the checkpoint's val
+Writes to the run folder: metrics.json (the 12 COCO statistics, per class AP / AP50 / recall and the
+F1-optimal score threshold (`f1_thresh`, also `score_thresholds` in label order: detcli/engine/thresholds.py,
+what training stores for predict), the TIDE error breakdown (detcli/engine/tide.py), the confusion matrix,
+VOC AP with `voc=true`, the worst images ranked), detections.json (the model's detections as COCO results: the
+dataset's image and category ids, x, y, w, h in original pixels), pr_curve.png and confusion_matrix.png, and
+worst/<rank>_<file stem>.jpg: the `worst` images with the most missed + false boxes at those thresholds
+(tasks/worst.py); prints the summary and per-class tables. `detections=FILE` scores that file instead of running a model: against the checkpoint's val
 set when `checkpoint=` is given too, else against the configured data (`data=coco data.val_ann=...`).
 
 The val labels follow the checkpoint's classes (by id for COCO, by name for VOC / YOLO). Defects of the
@@ -28,11 +31,13 @@ from detcli.engine.coco_eval import STAT_KEYS
 from detcli.engine.confusion import confusion_matrix
 from detcli.engine.evaluator import collect, score
 from detcli.engine.plots import confusion_matrix_plot, pr_curves
+from detcli.engine.thresholds import f1_thresholds
 from detcli.engine.tide import ERRORS, tide
 from detcli.engine.voc_eval import voc_ap
 from detcli.errors import ConfigError
 from detcli.tasks.common import data_config, load_model, run_dir
 from detcli.tasks.common import load_checkpoint_config as checkpoint_config
+from detcli.tasks.worst import draw_worst
 
 STAT_NAMES = {
     "map": "AP @ IoU 0.50:0.95", "map_50": "AP @ IoU 0.50", "map_75": "AP @ IoU 0.75",
@@ -63,6 +68,9 @@ def run(cfg: DictConfig) -> float:
         dets, gts, metas = collect(model, loader, device)
         write_detections(out / "detections.json", dets, metas, cat_ids)
     result = score(dets, gts, names)
+    thresholds = f1_thresholds(dets, gts, len(names))
+    for c, t in zip(result.per_class, thresholds):
+        c["f1_thresh"] = t
     conf = cfg.confusion
     matrix = confusion_matrix(dets, gts, len(names), float(conf.score_thresh), float(conf.iou_thresh))
     report = {"checkpoint": str(cfg.checkpoint) if cfg.get("checkpoint") else None,
@@ -71,6 +79,7 @@ def run(cfg: DictConfig) -> float:
               "confusion_matrix": {"rows": "predicted", "columns": "true", "labels": [*names, "background"],
                                    "score_thresh": float(conf.score_thresh), "iou_thresh": float(conf.iou_thresh),
                                    "counts": matrix.tolist()},
+              "score_thresholds": thresholds,
               "val_defects": len(dataset.defects), "val_note": dataset.defect_note}
     breakdown = tide(dets, gts, len(names))
     report["tide"] = {"ap_50": breakdown["ap"], "delta": breakdown["delta"], "counts": breakdown["counts"],
@@ -81,6 +90,9 @@ def run(cfg: DictConfig) -> float:
         report["voc"] = {"map_50_11point": sum(c["ap_11"] for c in valid) / max(len(valid), 1),
                          "map_50_area": sum(c["ap_area"] for c in valid) / max(len(valid), 1),
                          "per_class": [{"class": n, **c} for n, c in zip(names, per_class)]}
+    if cfg.worst:
+        report["worst"] = draw_worst(dets, gts, metas, dataset.image_dir, thresholds, names, int(cfg.worst),
+                                     out / "worst")
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if cfg.plots:
         pr_curves(result.precision, result.recall_points, names, out / "pr_curve.png")
@@ -91,6 +103,8 @@ def run(cfg: DictConfig) -> float:
         print(dataset.defect_note)
     written = ["metrics.json"] + (["detections.json"] if not cfg.get("detections") else [])
     written += ["pr_curve.png", "confusion_matrix.png"] if cfg.plots else []
+    drawn = sum(w["drawn"] for w in report.get("worst", []))
+    written += [f"worst/ ({drawn} images with the most missed + false boxes)"] if drawn else []
     print(f"written to {out}: {', '.join(written)}")
     return result.stats["map"]
 
@@ -163,11 +177,12 @@ def print_report(report: dict, names: list[str], source: str) -> None:
         table.add_row("VOC AP50, area", "voc.map_50_area", f"{report['voc']['map_50_area']:.4f}")
     console.print(table)
     per_class = Table(title="per class (recall at IoU 0.5, 100 detections per image)")
-    for col in ("class", "gt", "detections", "AP", "AP50", "recall"):
+    for col in ("class", "gt", "detections", "AP", "AP50", "recall", "F1 thr"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for c in report["per_class"]:
         cells = [f"{c[k]:.4f}" if c[k] >= 0 else "-" for k in ("ap", "ap_50", "recall_50")]
-        per_class.add_row(c["class"], str(c["gt"]), str(c["dets"]), *cells)
+        thresh = "-" if c["f1_thresh"] is None else f"{c['f1_thresh']:.3f}"
+        per_class.add_row(c["class"], str(c["gt"]), str(c["dets"]), *cells, thresh)
     console.print(per_class)
     t = report["tide"]
     errors = Table(title=f"why AP50 ({t['ap_50']:.4f}) is lost: the AP recovered by fixing each error type (TIDE)")

@@ -14,7 +14,8 @@ NMS in fp32) for GPU runtimes: its check compares with the fp32 PyTorch model an
 The `.json` sidecar says how to get from an image to the input and back (`preprocess`): the checkpoint's
 keep-ratio resize, padding right and bottom with the model's mean (to the fixed H x W, or to a multiple of
 `size_divisible` for a dynamic graph), and boxes divided by the per-axis scale then clipped to the original
-image, exactly what `detcli predict` does (and what its `predict.backend=onnx` reads).
+image, exactly what `detcli predict` does (and what its `predict.backend=onnx` reads), and `score_thresholds`: the
+per-class F1-optimal score thresholds of the checkpoint's meta (null when it has none), predict's default.
 
 Naming: B = images, D = detections per image, R = decoded boxes per image, C = classes, H, W = input size.
 """
@@ -235,6 +236,8 @@ def write_sidecar(path: Path, cfg: DictConfig, meta: dict, model: nn.Module, dat
         "output_shapes": OUTPUT_SHAPES[nms], "nms": nms, "dynamic": dynamic, "half": half,
         # the postprocess baked into a graph with NMS: a consumer can raise them, not lower them
         "score_thresh": float(model.postprocess.score_thresh), "max_det": int(model.postprocess.max_det),
+        # the F1-optimal score per class training found on val (null: none for that class), what predict applies
+        "score_thresholds": meta.get("score_thresholds"),
         "max_abs_box_diff": figures["max_abs_box_diff"], "check": figures,
         "preprocess": preprocess_spec(data_cfg, hw, pad, dynamic),
     }

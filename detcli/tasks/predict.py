@@ -1,6 +1,11 @@
 """detcli predict checkpoint=PATH source=IMAGE|DIR|GLOB: predictions.json (COCO results format, the
 dataset's own category ids, x,y,w,h in original pixels), one annotated image per input, with
-`predict.save_txt=true` YOLO label files, and summary.json (counts, the skipped files and why).
+`predict.save_txt=true` YOLO label files, and summary.json (counts, the skipped files and why, the score
+threshold of each class).
+
+A detection is kept at or above its class's threshold: `predict.score_thresh` when given, else the per-class
+F1-optimal thresholds training stored in the checkpoint (the export's sidecar with backend=onnx), 0.3 for a
+class without one or a model without them.
 
 Images are preprocessed as the checkpoint's data config says for validation (val_transforms or the
 keep-ratio resize, letterbox, padding with the model's mean), as in `detcli eval`; with
@@ -61,6 +66,7 @@ def run(cfg: DictConfig) -> int:
     (out / "summary.json").write_text(json.dumps({
         "backend": predictor.name, "model": predictor.path, "images": len(files), "predicted": len(files) - len(skipped),
         "detections": len(results), "skipped": [{"file": s["file_name"], "reason": s["reason"]} for s in skipped],
+        "score_thresholds": dict(zip(predictor.class_names, predictor.thresholds.tolist())),
     }, indent=1) + "\n")
     log.info("%d detections on %d images -> %s", len(results), len(files) - len(skipped), out / "predictions.json")
     print(f"{len(results)} detections on {len(files) - len(skipped)} images written to {out / 'predictions.json'}"
@@ -70,9 +76,10 @@ def run(cfg: DictConfig) -> int:
 
 def write_image_outputs(cfg: DictConfig, meta: dict, dets: dict[str, Tensor], keep_classes: set[int] | None,
                         predictor, out: Path) -> list[dict]:
-    """One image's detections above predict.score_thresh (of the kept classes): its annotated image and YOLO
-    label file as configured; returns its COCO results."""
-    keep = dets["scores"] >= float(cfg.predict.score_thresh)
+    """One image's detections at or above their class's threshold (predict.score_thresh, or the model's
+    per-class ones: predictors.class_thresholds; of the kept classes): its annotated image and YOLO label
+    file as configured; returns its COCO results."""
+    keep = dets["scores"] >= predictor.thresholds.to(dets["scores"].dtype)[dets["labels"].long()]
     if keep_classes is not None:  # after NMS: predict.max_det counts every class, as the exported graph does
         keep &= torch.isin(dets["labels"], torch.tensor(sorted(keep_classes), dtype=dets["labels"].dtype))
     boxes, scores, labels = dets["boxes"][keep], dets["scores"][keep], dets["labels"][keep]

@@ -6,6 +6,11 @@ detections in original pixels, with the classes and the preprocessing it expects
   its `.json` sidecar giving the classes and the preprocessing. The graph's NMS output has the same fixed
   shape as the PyTorch model's, so both backends share everything after it.
 
+Each backend's `thresholds` (C,) is the score a detection of each class needs: `predict.score_thresh` when
+given, else the per-class F1-optimal thresholds training stored (checkpoint meta / sidecar
+`score_thresholds`, detcli/engine/thresholds.py), DEFAULT_THRESH for a class without one or a model
+without them.
+
 Naming: B = images, D = detections per image, H, W = the graph's input size.
 """
 
@@ -27,6 +32,7 @@ from detcli.errors import ConfigError
 from detcli.tasks.common import load_model
 
 log = logging.getLogger("detcli")
+DEFAULT_THRESH = 0.3  # predict.score_thresh=null and no stored threshold for a class
 SIDECAR_KEYS = ("format", "outputs", "input", "class_names", "cat_ids", "score_thresh", "max_det", "preprocess")
 
 
@@ -42,10 +48,11 @@ class TorchPredictor:
                               "with predict.backend=onnx give predict.onnx=PATH instead.")
         self.model, self.ckpt_cfg, meta, self.device = load_model(cfg.checkpoint, cfg.device)
         self.model.postprocess.max_det = int(cfg.predict.max_det)
-        # a threshold below the model's own candidate threshold lowers it: predict.score_thresh=0 keeps everything
-        thresh = min(float(self.model.postprocess.score_thresh), float(cfg.predict.score_thresh))
-        self.model.postprocess.score_thresh = thresh
         self.class_names, self.cat_ids = meta["class_names"], meta["cat_ids"]
+        self.thresholds = class_thresholds(cfg, meta.get("score_thresholds"), self.class_names, "checkpoint")
+        # a threshold below the model's own candidate threshold lowers it: predict.score_thresh=0 keeps everything
+        thresh = min(float(self.model.postprocess.score_thresh), float(self.thresholds.min()))
+        self.model.postprocess.score_thresh = thresh
         self.data_cfg, self.pad, self.canvas = self.ckpt_cfg.data, pad_value(self.model.pixel_mean), None
         self.path = str(cfg.checkpoint)
 
@@ -70,6 +77,7 @@ class OnnxPredictor:
                               "by `detcli export format=onnx` (its model.onnx.json sidecar beside it).")
         sidecar = read_sidecar(path)
         self.class_names, self.cat_ids = sidecar["class_names"], sidecar["cat_ids"]
+        self.thresholds = class_thresholds(cfg, sidecar.get("score_thresholds"), self.class_names, "sidecar")
         spec = sidecar["preprocess"]
         self.data_cfg = OmegaConf.create({
             "image_size": spec["resize"]["image_size"], "letterbox": spec["letterbox"],
@@ -81,7 +89,7 @@ class OnnxPredictor:
         self.ckpt_cfg = None
         self.max_det = int(cfg.predict.max_det)
         self.path = str(path)
-        warn_floor(cfg, sidecar, path)
+        warn_floor(cfg, sidecar, path, float(self.thresholds.min()))
         cuda = resolve_device(cfg.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         self.session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"] * cuda
                                             + ["CPUExecutionProvider"])
@@ -121,12 +129,30 @@ def read_sidecar(path: Path) -> dict:
     return sidecar
 
 
-def warn_floor(cfg: DictConfig, sidecar: dict, path: Path) -> None:
-    """A warning when predict asks for more than the graph's baked postprocess keeps."""
-    if float(cfg.predict.score_thresh) < sidecar["score_thresh"]:
-        log.warning("predict.score_thresh=%s is below the score threshold baked into '%s' (%s): detections below "
-                    "%s are not in its output.", cfg.predict.score_thresh, path, sidecar["score_thresh"],
-                    sidecar["score_thresh"])
+def class_thresholds(cfg: DictConfig, stored: list | None, names: list[str], where: str) -> Tensor:
+    """(C,) the score threshold per class: predict.score_thresh when given, else the model's stored per-class
+    thresholds (`where`: checkpoint or sidecar), DEFAULT_THRESH where a class has none (or none are stored)."""
+    given = cfg.predict.get("score_thresh")
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, (int, float)):
+            raise ConfigError(f"predict.score_thresh must be a number (one threshold for every class) or null (the "
+                              f"model's per-class thresholds), got {given!r}.")
+        return torch.full((len(names),), float(given))
+    if not stored or len(stored) != len(names):
+        log.info("score threshold %s for every class (the %s stores no per-class thresholds)", DEFAULT_THRESH, where)
+        return torch.full((len(names),), DEFAULT_THRESH)
+    values = [DEFAULT_THRESH if t is None else float(t) for t in stored]
+    log.info("score thresholds per class, the %s's F1-optimal ones: %s", where,
+             ", ".join(f"{n} {t:.3f}" for n, t in zip(names, values)))
+    return torch.tensor(values)
+
+
+def warn_floor(cfg: DictConfig, sidecar: dict, path: Path, lowest: float) -> None:
+    """A warning when predict asks for more than the graph's baked postprocess keeps (`lowest`: the lowest
+    class threshold asked for)."""
+    if lowest < sidecar["score_thresh"]:
+        log.warning("a score threshold of %s is below the one baked into '%s' (%s): detections below %s are not "
+                    "in its output.", lowest, path, sidecar["score_thresh"], sidecar["score_thresh"])
     if int(cfg.predict.max_det) > sidecar["max_det"]:
         log.warning("predict.max_det=%s is above the graph's max_det (%s): at most %s detections per image.",
                     cfg.predict.max_det, sidecar["max_det"], sidecar["max_det"])
