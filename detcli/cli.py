@@ -19,6 +19,7 @@ COMMANDS = {
     "data": "check a dataset or draw samples: detcli data check data=voc data.root=... | detcli data show n=16",
     "bench": "inference (eager, compiled, onnxruntime) and training speed here: detcli bench checkpoint=PATH",
     "backbones": "timm backbones, levels as stride:channels: detcli backbones 'resnet*' [--pretrained]",
+    "compare": "finished runs side by side (config diff, metrics, curves): detcli compare RUN RUN... | SWEEP_DIR",
 }
 DATA_ACTIONS = ("check", "show")
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from detcli.tasks.backbones import main as backbones
 
         return backbones(rest)
+    if cmd == "compare":  # folders and a flag, not a Hydra app
+        from detcli.tasks.compare import main as compare
+
+        return compare(rest)
     if cmd == "data":
         if not rest or rest[0] not in DATA_ACTIONS:
             print(f"detcli data: give an action: {' | '.join(DATA_ACTIONS)} (e.g. detcli data check data=coco ...).",

@@ -7,12 +7,13 @@ Naming: B = images, D = detections per image (padded with label -1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from detcli.engine.coco_eval import STAT_KEYS, CocoEvaluation, CocoResult
-from detcli.engine.thresholds import f1_thresholds
 from detcli.engine.utils import autocast_dtype
 from detcli.models.postprocess import clip_boxes
 
@@ -74,18 +75,28 @@ def score(dets: list[dict], gts: list[dict], class_names: list[str] | None = Non
     return evaluation.compute()
 
 
+@dataclass
+class Evaluation:
+    """One evaluation kept whole: what the end-of-training report draws from (detcli/engine/report.py)."""
+
+    dets: list[dict]  # per image: boxes (D, 4) in original pixels, scores (D,), labels (D,)
+    gts: list[dict]  # per image: boxes, labels, iscrowd, area
+    metas: list[dict]  # per image: image_id, file_name, orig_size
+    result: CocoResult
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k: self.result.stats[k] for k in STAT_KEYS}
+
+
+def evaluation(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
+               channels_last: bool = False, class_names: list[str] | None = None) -> Evaluation:
+    """The model's detections on the loader's images with their COCO scoring, per class when named."""
+    dets, gts, metas = collect(model, loader, device, precision, channels_last)
+    return Evaluation(dets, gts, metas, score(dets, gts, class_names))
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
              channels_last: bool = False) -> dict[str, float]:
     """The 12 COCO statistics of the model on the loader's images (STAT_KEYS)."""
-    return evaluate_with_thresholds(model, loader, device, precision, channels_last)[0]
-
-
-def evaluate_with_thresholds(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
-                             channels_last: bool = False, num_classes: int | None = None
-                             ) -> tuple[dict[str, float], list[float | None]]:
-    """(the 12 COCO statistics, the F1-optimal score threshold per class of `num_classes`: thresholds.py;
-    [] without num_classes) of the model on the loader's images, from one pass over them."""
-    dets, gts, _ = collect(model, loader, device, precision, channels_last)
-    stats = score(dets, gts).stats
-    thresholds = f1_thresholds(dets, gts, num_classes) if num_classes else []
-    return {k: stats[k] for k in STAT_KEYS}, thresholds
+    return evaluation(model, loader, device, precision, channels_last).metrics

@@ -1,5 +1,6 @@
-"""The evaluation report's figures, drawn with matplotlib's Agg backend (no display needed): precision-recall
-curves at IoU 0.5 and over 0.5:0.95, per class and overall, and the confusion matrix.
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed): precision-recall curves at
+IoU 0.5 and over 0.5:0.95, per class and overall, the confusion matrix, a run's training curves (losses, lr,
+val mAP against steps) and the overlaid curves of runs compared.
 
 Naming: T = IoU thresholds, R = recall points, C = classes.
 """
@@ -70,3 +71,48 @@ def confusion_matrix_plot(matrix: np.ndarray, class_names: list[str], path: Path
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def training_curves(train_log: list[dict], eval_log: list[dict], path: Path) -> None:
+    """train_log.jsonl / eval_log.jsonl records -> a PNG of three panels: the loss and each loss term, the lr,
+    and the val mAP / mAP50, against the optimizer step."""
+    plt = _pyplot()
+    fig, (losses, lr, val) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
+    steps = [r["step"] for r in train_log]
+    terms = [k for k in (train_log[0] if train_log else {}) if k == "loss" or k.startswith("loss_")]
+    for k in terms:
+        losses.plot(steps, [r.get(k, np.nan) for r in train_log], lw=2.5 if k == "loss" else 1.2, label=k)
+    lr.plot(steps, [r.get("lr", np.nan) for r in train_log], color="#d62728")
+    eval_steps = [r["step"] for r in eval_log]
+    for k, style in (("map", "o-"), ("map_50", "s--")):
+        val.plot(eval_steps, [r.get(k, np.nan) for r in eval_log], style, ms=4, label=k)
+    _label(losses, "training loss", "loss", legend=bool(terms))
+    _label(lr, "learning rate", "lr", legend=False)
+    _label(val, "validation", "mAP", legend=bool(eval_log))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def compare_curves(runs: list[tuple[str, list[dict], list[dict]]], path: Path) -> None:
+    """(name, train_log, eval_log) per run -> a PNG of two panels, the runs overlaid: val mAP and the
+    training loss against the optimizer step."""
+    plt = _pyplot()
+    fig, (val, losses) = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
+    for name, train_log, eval_log in runs:
+        line, = val.plot([r["step"] for r in eval_log], [r.get("map", np.nan) for r in eval_log], "o-", ms=3,
+                         label=name)
+        losses.plot([r["step"] for r in train_log], [r.get("loss", np.nan) for r in train_log], lw=1.2,
+                    color=line.get_color(), label=name)
+    _label(val, "val mAP", "mAP", legend=bool(runs))
+    _label(losses, "training loss", "loss", legend=bool(runs))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _label(ax, title: str, ylabel: str, legend: bool) -> None:
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)

@@ -18,11 +18,12 @@ from torch import Tensor, nn
 
 from detcli.engine.budget import TimeBudget, parse_duration
 from detcli.engine.checkpoint import rng_state, rotate_save, set_rng_state
-from detcli.engine.evaluator import evaluate_with_thresholds
+from detcli.engine.evaluator import Evaluation, evaluation
 from detcli.engine.loggers import NullLogger
 from detcli.engine.progress import Progress
 from detcli.engine.schedule import build_scheduler, describe
 from detcli.engine.signals import StopRequest
+from detcli.engine.thresholds import f1_thresholds
 from detcli.engine.utils import autocast_dtype, is_main_process
 from detcli.errors import CheckpointError, ConfigError, DetcliError
 from detcli.models.detector import TrainingProgress
@@ -171,6 +172,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_map, self.bad_evals, self.skipped_steps = -1.0, 0, 0
         self.last_metrics: dict | None = None
+        self.last_evaluation: Evaluation | None = None  # rank 0's latest, with trainer.report
         self.eval_interval = int(t.eval_interval) if t.eval_interval else self.steps_per_epoch
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.main = is_main_process()
@@ -300,11 +302,26 @@ class Trainer:
                     progress.print(f"stopped by {stop.name} after step {self.step}; resume with resume=auto")
                     raise SystemExit(stop.exit_code if stop.requested else 143)
         self.logger.close()
+        if self.main and self.t.get("report", True):
+            self.write_report()
         out = {"step": self.step, "best_map": self.best_map, "last": self.last_metrics,
                "skipped_steps": self.skipped_steps}
         if self.budget:
             out["elapsed_s"] = self.budget.elapsed_s
         return out
+
+    def write_report(self) -> None:
+        """curves.png and report.html in the run folder (detcli/engine/report.py). The run is done and saved
+        by now: a failure to draw the report is a warning, not a failed run."""
+        from detcli.engine.report import write_report
+
+        try:
+            paths = write_report(self.run_dir, self.cfg, self.last_evaluation, self.meta["class_names"],
+                                 getattr(self.val_loader, "dataset", None))
+        except Exception as e:  # noqa: BLE001 - the checkpoints and logs stand without the report
+            log.warning("trainer.report: the run's report could not be written (%s: %s)", type(e).__name__, e)
+            return
+        log.info("report: %s", ", ".join(str(p) for p in paths))
 
     def set_total(self, total: int) -> None:
         """A time-limited run's current estimate of its length (every rank takes the smallest: the ranks
@@ -366,9 +383,14 @@ class Trainer:
         stop = False
         model = self.ema.module if self.ema is not None else self.model
         t0 = time.perf_counter()
-        metrics, thresholds = evaluate_with_thresholds(model, self.val_loader, self.device, self.t.precision,
-                                                       self.t.channels_last, len(self.meta.get("class_names", [])))
-        self.meta["score_thresholds"] = thresholds  # in label order, None: the class falls back to predict's 0.3
+        result = evaluation(model, self.val_loader, self.device, self.t.precision, self.t.channels_last,
+                            self.meta.get("class_names"))
+        metrics = result.metrics
+        num_classes = len(self.meta.get("class_names", []))  # F1-optimal score thresholds in label order, None:
+        # the class falls back to predict's 0.3 (detcli/engine/thresholds.py)
+        self.meta["score_thresholds"] = f1_thresholds(result.dets, result.gts, num_classes) if num_classes else []
+        if self.main and self.t.get("report", True):  # kept whole for the end-of-training report
+            self.last_evaluation = result
         rng = self.rng_states()  # every rank's, gathered here where all of them are
         if self.main:
             record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from detcli.build import build_model, instantiate_group
 from detcli.data.collate import pad_value
 from detcli.engine.checkpoint import load_with_fallback
+from detcli.engine.config_diff import config_diff, default_config, diff_table
 from detcli.engine.distributed import launch_torchrun, local_device, world_size
 from detcli.engine.trainer import Trainer
 from detcli.engine.utils import is_main_process, resolve_device, seed_everything
@@ -37,6 +38,7 @@ def run(cfg: DictConfig) -> float:
         log.info("resuming %s at step %d, writing to %s", path, ckpt["step"], out)
     if is_main_process():
         save_yaml(cfg, out / "config.yaml")
+        log.info("%s", diff_table(config_diff(default_config("train"), cfg)))
     seed_everything(int(cfg.seed))
     device = local_device(resolve_device(cfg.trainer.device))
     data = instantiate_group("data", cfg.data)
