@@ -180,8 +180,14 @@ def _missing_plugin(config: str) -> str | None:
     """What to install when `config` (e.g. hydra/launcher/submitit_slurm) comes from a plugin that is absent."""
     from importlib.util import find_spec
 
+    def installed(module: str) -> bool:
+        try:
+            return find_spec(module) is not None
+        except ModuleNotFoundError:  # no package `hydra_plugins` at all: no plugin is installed
+            return False
+
     for prefix, (module, extra) in PLUGINS.items():
-        if config.startswith(prefix) and find_spec(module) is None:
+        if config.startswith(prefix) and not installed(module):
             return (f"the config '{config}' comes from the Hydra plugin {module.split('.')[-1].replace('_', '-')}, "
                     f"which is not installed: pip install detcli[{extra}].")
     return None

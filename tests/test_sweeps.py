@@ -85,7 +85,8 @@ def test_optuna_search_space_and_slurm_launcher_compose():
 
 
 def test_a_missing_plugin_names_the_extra(monkeypatch):
-    monkeypatch.setitem(cli.PLUGINS, "hydra/launcher/submitit_", ("hydra_plugins.no_such_launcher", "slurm"))
+    """Also where no Hydra plugin at all is installed (the parent package is missing, which find_spec raises on)."""
+    monkeypatch.setitem(cli.PLUGINS, "hydra/launcher/submitit_", ("no_such_package.no_such_launcher", "slurm"))
     error = cli.check_overrides("train", ["-m", "hydra/launcher=submitit_slurm", "trainer.optimizer.lr=0.1,0.2"])
     assert "pip install detcli[slurm]" in error and "hydra/launcher/submitit_slurm" in error
 
