@@ -154,3 +154,28 @@ def test_accumulation_all_reduces_once_per_step(tmp_path, cache_dir):
     for i, accumulate in enumerate((1, 3)):
         mp.spawn(_allreduce_count, args=(2, 29500 + os.getpid() % 1000 + i, accumulate, tmp_path), nprocs=2)
     assert int((tmp_path / "calls_3.txt").read_text()) == int((tmp_path / "calls_1.txt").read_text()) > 0
+
+
+@pytest.mark.parametrize("head", ["fcos", "yolox", "faster_rcnn"])
+def test_reachable_uses_the_priors_the_head_predicts_on(head):
+    """Detector.reachable's feature sizes (ceil(H / stride)) are the real ones for an input padded to 32, and
+    the head's priors are the constants its forward hands the criterion."""
+    from hydra import compose, initialize_config_dir
+
+    from detcli.build import build_model
+    from detcli.cli import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"head={head}", "experiment=toy"])
+    model = build_model(cfg, num_classes=3).eval()
+    images = torch.zeros(1, 3, 96, 160)
+    with torch.no_grad():
+        feats = model.features(images)
+        preds = model.head(feats)
+    sizes = [tuple(f.shape[-2:]) for f in feats]
+    assert sizes == [(-(-96 // s), -(-160 // s)) for s in model.head.strides]
+    for key, value in model.head.priors(sizes, images.device).items():
+        assert key not in preds or (torch.equal(preds[key], value) if torch.is_tensor(value) else preds[key] == value)
+    boxes = torch.tensor([[[16.0, 16, 48, 48], [16, 16, 48, 48]]])  # a 32 px anchor itself, points inside it
+    reached = model.reachable(boxes, torch.tensor([[0, -1]]), (96, 160))
+    assert reached.tolist() == [[True, False]]  # padding (label -1) never counts

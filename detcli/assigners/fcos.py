@@ -72,3 +72,13 @@ class FCOSAssigner(nn.Module):
         area = torch.where(candidate, area, torch.full_like(area, math.inf))
         min_area, matched = area.min(dim=2)  # (B, R): smallest box wins, first index on ties
         return torch.where(torch.isfinite(min_area), matched, torch.full_like(matched, -1))
+
+    def reachable(self, points: Tensor, point_strides: Tensor, level_sizes: list[int], gt_boxes: Tensor,
+                  gt_valid: Tensor) -> Tensor:
+        """(B, M) bool: the gt boxes that keep at least one point after the assignment (ranges, center sampling
+        and smaller boxes winning shared points all counted)."""
+        B, M = gt_valid.shape
+        matched = self(points, point_strides, level_sizes, gt_boxes, gt_valid)  # (B, R)
+        hit = torch.zeros(B, M + 1, dtype=torch.bool, device=gt_valid.device)
+        hit.scatter_(1, matched + 1, True)  # slot 0 collects the background points
+        return hit[:, 1:] & gt_valid

@@ -60,6 +60,19 @@ class MaxIoUMatcher(nn.Module):
             matched = torch.where(promoted, best_gt, matched)
         return matched
 
+    @torch.no_grad()
+    def reachable(self, gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor) -> Tensor:
+        """(B, M) bool: the gts whose best IoU with any of the boxes (B or 1, N, 4) reaches `high`, i.e. that
+        get a positive without the low-quality rule (YOLOv5's "best possible recall", for IoU)."""
+        B, M = gt_valid.shape
+        if M == 0:
+            return gt_valid.clone()
+        N = boxes.shape[1]
+        chunk = max(1, self.max_elements // max(1, B * M))
+        best = torch.stack([self._iou(gt_boxes.float(), gt_valid, boxes[:, s : s + chunk]).amax(2)
+                            for s in range(0, N, chunk)]).amax(0)  # (B, M)
+        return (best >= self.high) & gt_valid
+
     @staticmethod
     def _iou(gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor) -> Tensor:
         """(B, M, n) IoU, -1 for padded gts (never anyone's best)."""

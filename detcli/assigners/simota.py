@@ -68,6 +68,15 @@ class SimOTAAssigner(nn.Module):
         matched_iou = torch.gather(ious, 1, best_gt[:, None]).squeeze(1) * fg  # (B, R)
         return matched, matched_iou
 
+    @torch.no_grad()
+    def reachable(self, points: Tensor, point_strides: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Tensor:
+        """(B, M) bool: the gt boxes with at least one candidate point (inside the box or within center_radius
+        strides of its centre): the ones a prediction can be matched to, whatever the network predicts."""
+        if gt_valid.shape[1] == 0:
+            return gt_valid.clone()
+        in_box, in_centre = self.regions(points, point_strides, gt_boxes.float())  # (B, M, R) each
+        return (in_box | in_centre).any(-1) & gt_valid
+
     def regions(self, points: Tensor, point_strides: Tensor, gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
         """(inside the gt box, within center_radius strides of its centre), each (B, M, R)."""
         x, y = points[:, 0], points[:, 1]  # (R,)

@@ -1,6 +1,6 @@
 """The report's figures, drawn with matplotlib's Agg backend (no display needed): precision-recall curves at
 IoU 0.5 and over 0.5:0.95, per class and overall, the confusion matrix, a run's training curves (losses, lr,
-val mAP against steps) and the overlaid curves of runs compared.
+val mAP against steps), the overlaid curves of runs compared, and a dataset's box statistics.
 
 Naming: T = IoU thresholds, R = recall points, C = classes.
 """
@@ -106,6 +106,59 @@ def compare_curves(runs: list[tuple[str, list[dict], list[dict]]], path: Path) -
                     color=line.get_color(), label=name)
     _label(val, "val mAP", "mAP", legend=bool(runs))
     _label(losses, "training loss", "loss", legend=bool(runs))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def box_statistics(records: list, class_names: list[str], split: str, path: Path) -> None:
+    """ImageRecords (original pixels) -> a PNG of six panels: the box sizes (sqrt of the area, COCO's small /
+    medium / large limits marked) and aspect ratios (log2 w / h) over all boxes, and per class as heat maps
+    (each class's row normalised), the box centres in image-relative coordinates, and the boxes per class."""
+    plt = _pyplot()
+    boxes = np.concatenate([r.boxes for r in records]).reshape(-1, 4).astype(np.float64)  # (n, 4)
+    labels = np.concatenate([r.labels for r in records]).astype(np.int64)  # (n,)
+    sizes = np.array([[r.width, r.height] for r in records for _ in range(len(r.boxes))], dtype=np.float64)
+    sizes = sizes.reshape(-1, 2)  # (n, 2)
+    w, h = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3), np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
+    side, aspect = np.sqrt(w * h), np.log2(w / h)
+    centre = ((boxes[:, :2] + boxes[:, 2:]) / 2) / np.maximum(sizes, 1)  # (n, 2) in [0, 1]
+    C = len(class_names)
+    low = max(0.5, side.min(initial=1.0) * 0.9)
+    side_bins = np.geomspace(low, max(low * 2, side.max(initial=2.0) * 1.01), 25)
+    aspect_bins = np.linspace(-4, 4, 25)
+    tall = min(max(4.5, 0.22 * C + 2), 24)
+    fig, axes = plt.subplots(2, 3, figsize=(17, tall * 2), dpi=90)
+    (size_ax, aspect_ax, centre_ax), (size_cls, aspect_cls, count_ax) = axes
+    size_ax.hist(side, bins=side_bins, color="#1f77b4")
+    size_ax.set_xscale("log")
+    for limit in (32, 96):
+        size_ax.axvline(limit, color="k", ls="--", lw=0.8)
+    size_ax.set(title=f"{split}: box size, {len(side)} boxes (COCO small < 32 < medium < 96 < large)",
+                xlabel="sqrt(box area), original pixels", ylabel="boxes")
+    aspect_ax.hist(np.clip(aspect, -4, 4), bins=aspect_bins, color="#ff7f0e")
+    aspect_ax.set(title="aspect ratio", xlabel="log2(width / height), clipped to +-4", ylabel="boxes")
+    heat, _, _ = np.histogram2d(centre[:, 1].clip(0, 1), centre[:, 0].clip(0, 1), bins=32, range=[[0, 1], [0, 1]])
+    im = centre_ax.imshow(heat, extent=(0, 1, 1, 0), cmap="magma")
+    fig.colorbar(im, ax=centre_ax, fraction=0.046, pad=0.04, label="boxes")
+    centre_ax.set(title="box centres", xlabel="x / image width", ylabel="y / image height")
+    for ax, values, bins, title, xlabel, log_x in (
+        (size_cls, side, side_bins, "box size per class", "sqrt(box area), original pixels", True),
+        (aspect_cls, np.clip(aspect, -4, 4), aspect_bins, "aspect ratio per class", "log2(width / height)", False),
+    ):
+        rows = np.stack([np.histogram(values[labels == k], bins=bins)[0] for k in range(C)]).astype(np.float64)
+        rows /= np.maximum(rows.sum(1, keepdims=True), 1)  # (C, bins): each class's share per bin
+        ax.pcolormesh(bins, np.arange(C + 1), rows, cmap="Blues", vmin=0)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_yticks(np.arange(C) + 0.5, class_names, fontsize=7 if C > 20 else 9)
+        ax.invert_yaxis()
+        ax.set(title=title + " (each row normalised)", xlabel=xlabel)
+    counts = np.bincount(labels, minlength=C)[:C]
+    count_ax.barh(np.arange(C), counts, color="#2ca02c")
+    count_ax.set_yticks(np.arange(C), class_names, fontsize=7 if C > 20 else 9)
+    count_ax.invert_yaxis()
+    count_ax.set(title="boxes per class", xlabel="boxes")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -52,6 +52,11 @@ class FasterRCNNCriterion(nn.Module):
         self.weights = {"loss_rpn_cls": rpn_cls_weight, "loss_rpn_box": rpn_box_weight, "loss_cls": cls_weight,
                         "loss_box": box_weight}
 
+    def reachable(self, priors: dict, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
+        """(B, M) bool: the gt boxes an anchor overlaps by at least the RPN matcher's `high` IoU (the second
+        stage always has one positive RoI: the gt boxes join the proposals in training)."""
+        return self.rpn_matcher.reachable(gt_boxes, gt_labels >= 0, priors["anchors"][None])
+
     def forward(self, preds: dict, targets: dict, progress=None) -> dict[str, Tensor]:
         """targets: boxes (B, M, 4), labels (B, M) with -1 = padding."""
         with torch.autocast(preds["rpn_logits"].device.type, enabled=False):

@@ -61,6 +61,11 @@ class FCOSCriterion(nn.Module):
         with torch.autocast(device_type, enabled=False):  # costs, matching and losses in fp32
             return self._losses(preds, targets)
 
+    def reachable(self, priors: dict, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
+        """(B, M) bool: the gt boxes that get at least one positive point, from the head's priors alone."""
+        return self.assigner.reachable(priors["points"], priors["strides"], priors["level_sizes"], gt_boxes.float(),
+                                       gt_labels >= 0)
+
     def _losses(self, preds: dict, targets: dict) -> dict[str, Tensor]:
         cls_logits = preds["cls_logits"].float()  # (B, R, C)
         bbox_reg = preds["bbox_reg"].float()  # (B, R, 4)

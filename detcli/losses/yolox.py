@@ -57,6 +57,10 @@ class YOLOXCriterion(nn.Module):
             return bool(progress is not None and progress.final_phase)
         return bool(self.use_l1)
 
+    def reachable(self, priors: dict, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
+        """(B, M) bool: the gt boxes with at least one SimOTA candidate point, from the head's priors alone."""
+        return self.assigner.reachable(priors["points"], priors["strides"], gt_boxes, gt_labels >= 0)
+
     def forward(self, preds: dict, targets: dict, progress=None) -> dict[str, Tensor]:
         """targets: boxes (B, M, 4), labels (B, M) with -1 = padding; progress: TrainingProgress."""
         device_type = preds["cls_logits"].device.type

@@ -7,12 +7,16 @@ One interface for every head:
   comes back.
 - eval: `model(images, image_sizes=...)` returns fixed-shape detections (boxes, scores, labels); the head
   gets the image sizes too (a two-stage head clips its proposals to them).
+- scale fit: `model.reachable(gt_boxes, gt_labels, (H, W))` asks the head for its priors at that input size
+  (`head.priors(feature_sizes, device)`: points, anchors) and the criterion which gts they can give a positive
+  (`criterion.reachable(priors, gt_boxes, gt_labels)`), without running the network.
 
 Naming: B = images, M = gt boxes per image (padded with label -1).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +90,17 @@ class Detector(nn.Module):
     def predict(self, images: Tensor, image_sizes: Tensor | None = None, targets: dict | None = None) -> dict:
         """Raw head outputs for 0-255 images (in training mode a two-stage head needs the targets)."""
         return self.head(self.features(images), targets=targets, image_sizes=self._sizes(images, image_sizes))
+
+    @torch.no_grad()
+    def reachable(self, gt_boxes: Tensor, gt_labels: Tensor, input_size: tuple[int, int]) -> Tensor:
+        """(B, M) bool: the gt boxes (B, M, 4), in input pixels, labels (B, M) padded with -1, that can get at
+        least one positive at all in a (H, W) input, before any training: the head's priors (points, anchors)
+        at that size under the criterion's assignment rule. The feature sizes are ceil(H / stride), exact for
+        inputs padded to a multiple of the largest backbone stride."""
+        H, W = input_size
+        sizes = [(math.ceil(H / s), math.ceil(W / s)) for s in self.head.strides]
+        priors = self.head.priors(sizes, gt_boxes.device)
+        return self.criterion.reachable(priors, gt_boxes, gt_labels)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for part in (self.backbone, self.neck, self.head):

@@ -80,3 +80,8 @@ class PointGrid(GridCache):
 
     def make(self, sizes: list[tuple[int, int]], device) -> tuple[Tensor, Tensor]:
         return grid_points(sizes, self.strides, device)
+
+    def priors(self, sizes: list[tuple[int, int]], device) -> dict:
+        """A dense head's constants: points (R, 2), their strides (R,) and the points per level [L]."""
+        points, strides = self(sizes, device)
+        return {"points": points, "strides": strides, "level_sizes": [h * w for h, w in sizes]}

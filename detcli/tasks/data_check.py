@@ -1,4 +1,5 @@
-"""detcli data check data=...: statistics and every defect of a dataset, with file and line / id.
+"""detcli data check data=... [head=...]: statistics and every defect of a dataset, with file and line / id, the
+box statistics as plots, and the scale fit of the data to the configured detector (detcli/engine/scale_fit.py).
 Exits 1 when there are defects, so scripts can gate on it."""
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ import sys
 from collections import Counter
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from detcli.build import instantiate_group
-from detcli.data.checks import report
+from detcli.data.checks import apply_policy, report
+from detcli.engine import scale_fit
+from detcli.engine.plots import box_statistics
 from detcli.errors import ConfigError
 from detcli.tasks.common import run_dir
 
@@ -22,7 +25,7 @@ def run(cfg: DictConfig) -> int:
     out = run_dir()
     console = Console()
     data = instantiate_group("data", cfg.data)
-    found, summary = [], {}
+    found, summary, checked = [], {}, {}
     for split in cfg.splits:
         try:
             records, _, defects = data.checked_split(split, data.cat_ids, decode=True)
@@ -32,9 +35,17 @@ def run(cfg: DictConfig) -> int:
         summary[split] = statistics(records, data.class_names)
         console.print(stats_table(split, summary[split]))
         found += [(split, d) for d in defects]
-    (out / "data_check.json").write_text(json.dumps({
-        "summary": summary, "defects": [{"split": s, "file": d.file, "where": d.where, "problem": d.problem}
-                                        for s, d in found]}, indent=1) + "\n")
+        # the plots and the scale fit see the data as training would: defects left out (or clipped, data.on_bad=clip)
+        policy = data.on_bad if data.on_bad in ("skip", "clip") else "skip"
+        checked[split] = apply_policy(records, defects, policy, f"{split} (plots and scale fit)")
+        if cfg.plots and checked[split]:
+            box_statistics(checked[split], data.class_names, split, out / f"box_stats_{split}.png")
+            console.print(f"box statistics: {out / f'box_stats_{split}.png'}")
+    result = {"summary": summary, "defects": [{"split": s, "file": d.file, "where": d.where, "problem": d.problem}
+                                              for s, d in found]}
+    if cfg.scale_fit.enabled:
+        result["scale_fit"] = scale_fit_report(cfg, checked, data, console)
+    (out / "data_check.json").write_text(json.dumps(result, indent=1) + "\n")
     if not found:
         console.print("[green]no defects found")
         return 0
@@ -75,3 +86,64 @@ def stats_table(split: str, s: dict) -> Table:
     table.add_row("image size min (w, h)", str(s["image_size_min"]))
     table.add_row("image size max (w, h)", str(s["image_size_max"]))
     return table
+
+
+def scale_fit_report(cfg: DictConfig, checked: dict, data, console: Console) -> dict | None:
+    """The recall ceiling of the configured detector on the scale-fit split, per class and size, and the
+    tried changes sorted by the ceiling they reach; printed, and returned for data_check.json."""
+    sf = cfg.scale_fit
+    records = checked.get(sf.split)
+    if not records:
+        console.print(f"[yellow]scale fit: no '{sf.split}' images to fit (scale_fit.split)")
+        return None
+    if sf.max_images and len(records) > sf.max_images:
+        pick = np.random.default_rng(0).choice(len(records), int(sf.max_images), replace=False)
+        records = [records[i] for i in sorted(pick)]
+    num_classes = len(data.class_names)
+    base = scale_fit.fit(cfg, records, num_classes)
+    table = base.table(data.class_names)
+    head = str(cfg.head._target_).rsplit(".", 1)[-1].removesuffix("Head")
+    what = (f"head {head}, neck {str(cfg.neck._target_).rsplit('.', 1)[-1]}, data.image_size "
+            f"{OmegaConf.to_container(cfg.data.image_size) if not isinstance(cfg.data.image_size, int) else cfg.data.image_size}")
+    console.print(fit_table(f"scale fit ({what}): recall ceiling on {len(records)} {sf.split} images", table))
+    tried = []
+    changes = scale_fit.candidates(cfg, OmegaConf.to_container(sf.tries)) if base.ceiling < 1.0 else []
+    for key, value in changes:
+        try:
+            ceiling = scale_fit.fit(scale_fit.with_change(cfg, key, value), records, num_classes).ceiling
+        except Exception as e:  # noqa: BLE001 - a change the head refuses (e.g. ranges for fewer levels) is reported
+            console.print(f"[yellow]scale fit: {scale_fit.override(key, value)} could not be tried: {e}")
+            continue
+        tried.append({"change": scale_fit.override(key, value), "ceiling": round(ceiling, 4)})
+    tried.sort(key=lambda t: -t["ceiling"])
+    best = tried[0] if tried and tried[0]["ceiling"] > base.ceiling else None
+    if base.ceiling >= 1.0:
+        console.print("[green]scale fit: every box can get a positive")
+    elif best:
+        console.print(f"scale fit: the ceiling is {base.ceiling:.3f}; the change that raises it most: "
+                      f"{best['change']} ({base.ceiling:.3f} -> {best['ceiling']:.3f})")
+    else:
+        console.print(f"scale fit: the ceiling is {base.ceiling:.3f}; none of the tried changes (scale_fit.tries) "
+                      f"raises it")
+    if tried:
+        changes = Table(title="scale fit: tried changes")
+        changes.add_column("change")
+        changes.add_column("ceiling", justify="right")
+        for t in tried:
+            changes.add_row(t["change"], f"{t['ceiling']:.3f}")
+        console.print(changes)
+    return {"split": sf.split, "images": len(records), "detector": what, **table, "tried": tried,
+            "best_change": best}
+
+
+def fit_table(title: str, table: dict) -> Table:
+    out = Table(title=title)
+    for name in ("class", "boxes", "ceiling", *scale_fit.SIZE_BUCKETS):
+        out.add_column(name, justify="left" if name == "class" else "right")
+
+    def cell(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, row in [*table["per_class"].items(), ("all", table["all"])]:
+        out.add_row(name, str(row["boxes"]), cell(row["ceiling"]), *(cell(row[b]) for b in scale_fit.SIZE_BUCKETS))
+    return out

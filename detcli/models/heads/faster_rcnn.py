@@ -103,10 +103,10 @@ class FasterRCNNHead(nn.Module):
         if image_sizes is None:
             image_sizes = torch.tensor(sizes[0], device=feats[0].device).expand(feats[0].shape[0], 2) * self.strides[0]
         rpn_logits, rpn_deltas = self.rpn(feats)  # (B, N), (B, N, 4)
-        anchors = self.anchors(sizes, feats[0].device)  # (N, 4)
+        priors = self.priors(sizes, feats[0].device)
+        anchors = priors["anchors"]  # (N, 4)
         mode = "train" if self.training else "test"
-        level_sizes = [h * w * self.anchors.num_anchors for h, w in sizes]
-        rois, roi_valid = select_proposals(rpn_logits, rpn_deltas, anchors, level_sizes, image_sizes,
+        rois, roi_valid = select_proposals(rpn_logits, rpn_deltas, anchors, priors["level_sizes"], image_sizes,
                                            self.pre_nms_topk[mode], self.post_nms_topk[mode], self.rpn_nms_thresh,
                                            self.min_size)  # (B, P, 4), (B, P)
         out = {"rpn_logits": rpn_logits, "rpn_deltas": rpn_deltas, "anchors": anchors}
@@ -124,6 +124,11 @@ class FasterRCNNHead(nn.Module):
         else:
             cls_logits, box_deltas = self._second_stage(rois, *roi_feats)
         return {**out, "rois": rois, "roi_valid": roi_valid, "cls_logits": cls_logits, "box_deltas": box_deltas}
+
+    def priors(self, sizes: list[tuple[int, int]], device) -> dict:
+        """The constants of the feature sizes [(h, w)] per level: anchors (N, 4) and the anchors per level [L]."""
+        return {"anchors": self.anchors(sizes, device),
+                "level_sizes": [h * w * self.anchors.num_anchors for h, w in sizes]}
 
     def _second_stage(self, rois: Tensor, *feats: Tensor) -> tuple[Tensor, Tensor]:
         S = rois.shape[1]

@@ -75,15 +75,16 @@ class YOLOXHead(nn.Module):
             reg_out.append(reg.flatten(2))  # (B, 4, h*w)
             obj_out.append(obj.flatten(2))  # (B, 1, h*w)
         sizes = [tuple(f.shape[-2:]) for f in feats]
-        points, strides = self.grid(sizes, feats[0].device)
         return {
             "cls_logits": torch.cat(cls_out, 2).transpose(1, 2),  # (B, R, C)
             "box_offsets": torch.cat(reg_out, 2).transpose(1, 2),  # (B, R, 4)
             "objectness": torch.cat(obj_out, 2)[:, 0],  # (B, R)
-            "points": points,  # (R, 2)
-            "strides": strides,  # (R,)
-            "level_sizes": [h * w for h, w in sizes],
+            **self.priors(sizes, feats[0].device),
         }
+
+    def priors(self, sizes: list[tuple[int, int]], device) -> dict:
+        """The constants of the feature sizes [(h, w)] per level that the criterion assigns targets over."""
+        return self.grid.priors(sizes, device)
 
     def _level(self, feat: Tensor, i: int) -> tuple[Tensor, Tensor, Tensor]:
         x = self.stems[i](feat)  # (B, A, h, w)
