@@ -12,8 +12,8 @@ scripts/bench_*.py), so that every graph runs with the same options:
 - no spinning: idle intra-op threads sleep instead of spinning, so that they never take the cores from
   torch's OpenMP threads (an eager run measured after a spinning session was up to 50x slower on 2 shared
   cores).
-An optimised-model cache (`optimized_model_filepath`) is not used: the optimised graph is tied to this CPU
-and the session start it saves is under a second for these graphs.
+An optimised-model cache (`optimized_model_filepath`) is not used: the optimised graph (NCHWc) is tied to
+the CPU it was made on, and it would only shorten the session start, never the runs.
 """
 
 from __future__ import annotations
