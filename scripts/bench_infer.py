@@ -22,6 +22,11 @@ decode and suppress a comparable number of candidates, each with its own default
     python scripts/bench_infer.py                      # CPU: FCOS resnet18, 256 px, batch 8
     python scripts/bench_infer.py --head yolox --size 256 --batch 8
     python scripts/bench_infer.py --head faster_rcnn --size 256 --batch 8
+    python scripts/bench_infer.py --threads 2 --int8    # also the int8 graph (export.quantize=int8)
+
+On the CPU every run prints onnxruntime / eager (detcli's ONNX export in onnxruntime, the session options
+of detcli/engine/ort_session.py, as many intra-op threads as torch has: --threads sets both); with --int8
+also the int8 graph's images/s and its ratios to eager and to the fp32 graph.
 """
 
 from __future__ import annotations
@@ -114,6 +119,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core); 1 on a CPU shared with others")
+    p.add_argument("--int8", action="store_true",
+                   help="also export.quantize=int8's graph in onnxruntime (CPU), calibrated on 16 synthetic images")
     p.add_argument("--out", default="runs/bench/infer.json")
     args = p.parse_args()
     args.backbone = args.backbone or default_backbone(args.head)
@@ -138,6 +145,10 @@ def main() -> None:
     if session is not None:
         feed = {"images": images.float().numpy()}
         runs["detcli onnxruntime"] = lambda: session.run(None, feed)
+    if session is not None and args.int8:
+        calibration = torch.cat([synthetic_batch(8, args.size, C, seed=s)["images"] for s in (1, 2)])  # (16, 3, S, S)
+        int8 = onnx_session(ours, images, int8_calibration=calibration)
+        runs["detcli onnxruntime int8"] = lambda: int8.run(None, feed)
     best = {k: float("inf") for k in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():
@@ -160,6 +171,11 @@ def summarize(args, device: torch.device, peer: str, ips: dict[str, float]) -> N
     if "detcli onnxruntime" in ips:
         result["onnxruntime_vs_eager"] = ips["detcli onnxruntime"] / ips["detcli"]
         extra.append(("onnxruntime / eager (target >= 1.5 on CPU)", f"{result['onnxruntime_vs_eager']:.2f}x"))
+    if "detcli onnxruntime int8" in ips:
+        result["int8_vs_eager"] = ips["detcli onnxruntime int8"] / ips["detcli"]
+        result["int8_vs_onnxruntime"] = ips["detcli onnxruntime int8"] / ips["detcli onnxruntime"]
+        extra.append(("onnxruntime int8 / eager", f"{result['int8_vs_eager']:.2f}x"))
+        extra.append(("onnxruntime int8 / onnxruntime fp32", f"{result['int8_vs_onnxruntime']:.2f}x"))
     title = f"inference, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {device}"
     report(title, ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

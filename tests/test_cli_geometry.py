@@ -117,7 +117,7 @@ def test_predict_uses_the_dataset_ids(predicted):
 
 
 def test_onnx_fed_as_the_sidecar_says_matches_predict(checkpoint, images, predicted, tmp_path):
-    import onnxruntime as ort
+    from detcli.engine.ort_session import inference_session
 
     by_file, _ = predicted
     detcli("export", f"checkpoint={checkpoint}", "format=onnx", f"hydra.run.dir={tmp_path}")
@@ -125,7 +125,7 @@ def test_onnx_fed_as_the_sidecar_says_matches_predict(checkpoint, images, predic
     spec = sidecar["preprocess"]
     assert spec["letterbox"] == load_checkpoint(checkpoint)["config"]["data"]["letterbox"]
     assert spec["pad"]["value"] == [124, 116, 104] and spec["input"]["height"] == spec["input"]["width"] == 128
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = inference_session(tmp_path / "model.onnx")
     for name in CROPS:
         image = read(images / name)
         x, scale, _ = as_json_says(image, spec)

@@ -53,10 +53,11 @@ def test_export_onnx_matches_pytorch_at_any_batch(head_run, tmp_path):
                   f"hydra.run.dir={out}")
     assert "largest |box difference|" in proc.stdout  # the export checks itself against PyTorch (tolerance)
     import onnx
-    import onnxruntime as ort
+
+    from detcli.engine.ort_session import inference_session
 
     assert HEADS[head][2] <= {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
-    session = ort.InferenceSession(str(out / "model.onnx"))
+    session = inference_session(out / "model.onnx")
     for batch in (1, 3):  # traced at 2: the batch axis stays dynamic through every stage and NMS
         boxes, scores, labels, num = session.run(None, {"images": torch.rand(batch, 3, 128, 128).numpy() * 255})
         assert boxes.shape == (batch, 100, 4) and scores.shape == (batch, 100) and labels.shape == (batch, 100)

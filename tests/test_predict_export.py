@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import TINY, detcli
 
+from detcli.engine.ort_session import inference_session
+
 HEADS = ["fcos", "yolox", "faster_rcnn"]
 # the postprocess keeps candidates down to this score: a 6-step YOLOX scores about 1e-4 (its prior squared),
 # under its default threshold; the graph bakes it in and predict asks for the same
@@ -85,8 +87,6 @@ def test_onnx_backend_gives_the_torch_predictions(head_ckpt, val_dir, tmp_path):
 
 
 def test_export_without_nms_outputs_the_decoding_at_any_size(head_ckpt, tmp_path):
-    import onnxruntime as ort
-
     head, ckpt = head_ckpt
     detcli("export", f"checkpoint={ckpt}", "format=onnx", "export.nms=false", "export.dynamic=true", "batch_size=2",
            f"hydra.run.dir={tmp_path}")
@@ -95,7 +95,7 @@ def test_export_without_nms_outputs_the_decoding_at_any_size(head_ckpt, tmp_path
     inputs = sidecar["check"]["inputs"]  # checked at two input sizes
     assert [f["input"] for f in inputs] == [[2, 3, 128, 128], [2, 3, 64, 128]]
     assert all(f["max_abs_box_diff"] <= 1e-3 and f["max_abs_score_diff"] <= 1e-4 for f in inputs)
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    session = inference_session(tmp_path / "model.onnx")
     sizes = {}
     for hw in ((128, 128), (96, 160)):
         boxes, scores = session.run(None, {"images": torch.rand(1, 3, *hw).numpy() * 255})
@@ -108,7 +108,6 @@ def test_export_without_nms_outputs_the_decoding_at_any_size(head_ckpt, tmp_path
 
 def test_export_half_writes_fp16_weights(fcos_ckpt, tmp_path):
     import onnx
-    import onnxruntime as ort
 
     detcli("export", f"checkpoint={fcos_ckpt}", "format=onnx", "export.half=true", f"hydra.run.dir={tmp_path}")
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
@@ -118,7 +117,7 @@ def test_export_half_writes_fp16_weights(fcos_ckpt, tmp_path):
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # 0-255 float32 in, as ever
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
     assert sidecar["half"] is True and sidecar["check"]["enforced"] is False and "fp16" in sidecar["check"]["note"]
-    boxes, scores, labels, num = ort.InferenceSession(str(tmp_path / "model.onnx")).run(
+    boxes, scores, labels, num = inference_session(tmp_path / "model.onnx").run(
         None, {"images": torch.rand(2, 3, 128, 128).numpy() * 255})
     assert boxes.shape == (2, 100, 4) and scores.dtype.name == "float32" and (num == (labels >= 0).sum(1)).all()
 

@@ -58,21 +58,22 @@ def train_step(optimizer: torch.optim.Optimizer, loss_fn: Callable[[], Tensor], 
     optimizer.zero_grad(set_to_none=True)
 
 
-def onnx_session(model: nn.Module, images: Tensor, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+def onnx_session(model: nn.Module, images: Tensor, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 int8_calibration: Tensor | None = None):
     """An onnxruntime session of `detcli export`'s graph of the model (NMS included, dynamic batch) for
-    the images' H x W, traced on a CPU copy and checked there; the graph file is gone once loaded."""
-    import onnxruntime as ort
-
+    the images' H x W, traced on a CPU copy and checked there; the graph file is gone once loaded.
+    `int8_calibration` (N, 3, H, W): the session of its int8 graph instead (`export.quantize=int8`'s),
+    calibrated on those images."""
+    from detcli.engine.ort_session import inference_session
     from detcli.tasks.export import Exportable, export_onnx
+    from detcli.tasks.quantize import quantize_int8
 
     on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     with tempfile.TemporaryDirectory(prefix="detcli_bench_") as folder:
         path = Path(folder) / "model.onnx"
         export_onnx(Exportable(on_cpu).eval(), images.float().cpu(), path, opset=17)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # its idle threads would otherwise spin beside torch's OpenMP threads, taking the cores that the
-        # eager runs measured after it need (on 2 shared cores: eager up to 50x slower)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.intra_op_num_threads = torch.get_num_threads()  # as many as eager PyTorch gets
-        return ort.InferenceSession(str(path), opts, providers=list(providers))
+        if int8_calibration is not None:
+            quantize_int8(path, path.with_suffix(".int8.onnx"), int8_calibration.float().cpu(),
+                          type(on_cpu.head).__name__)
+            path = path.with_suffix(".int8.onnx")
+        return inference_session(path, providers)  # as many intra-op threads as eager PyTorch gets

@@ -17,6 +17,10 @@ keep-ratio resize, padding right and bottom with the model's mean (to the fixed 
 image, exactly what `detcli predict` does (and what its `predict.backend=onnx` reads), and `score_thresholds`: the
 per-class F1-optimal score thresholds of the checkpoint's meta (null when it has none), predict's default.
 
+`export.quantize=int8` also writes the graph's static int8 quantization beside it, `<name>.int8.onnx` with its
+own sidecar (detcli/tasks/quantize.py: calibration on training images preprocessed as the check's, the decoding
+and NMS kept in fp32, its check against PyTorch and the mAP change on the val split in both sidecars).
+
 Naming: B = images, D = detections per image, R = decoded boxes per image, C = classes, H, W = input size.
 """
 
@@ -37,8 +41,9 @@ from detcli.build import instantiate_group
 from detcli.data.collate import pad_value
 from detcli.data.images import ImageFiles, preprocessing
 from detcli.data.transforms import image_size_of
-from detcli.errors import ConfigError, DetcliError
+from detcli.errors import ConfigError, DataError, DetcliError
 from detcli.tasks.common import load_model, log, run_dir
+from detcli.tasks.quantize import onnx_runner, quantize_export, quantize_options
 
 RESIZE_RULES = {
     "int": "keep the ratio: the longer side becomes N = image_size, the shorter floor(N * short / long)",
@@ -114,20 +119,32 @@ def sample_images(data_cfg: DictConfig, meta: dict, batch: int, hw: tuple[int, i
                   pad: tuple) -> tuple[Tensor, str]:
     """(B, 3, H, W) images of the checkpoint's dataset (its training split, else its validation split),
     preprocessed as the sidecar says, and where they come from; noise when the dataset is not here."""
+    try:
+        return dataset_images(data_cfg, meta, batch, hw, pad)
+    except DataError as e:  # the check still runs, on noise
+        log.warning("%s; using noise", e)
+    return torch.rand(batch, 3, *hw, generator=torch.Generator().manual_seed(0)) * 255, "noise (no dataset images)"
+
+
+def dataset_images(data_cfg: DictConfig, meta: dict, count: int, hw: tuple[int, int],
+                   pad: tuple) -> tuple[Tensor, str]:
+    """(N, 3, H, W) images of the checkpoint's dataset (the first `count` of its training split, repeated if it
+    has fewer, else of its validation split), preprocessed as the sidecar says, and where they come from.
+    Raises a DataError naming both splits' failures when neither can be read."""
     errors = []
     for split in ("train", "val"):
         try:
             records, root, _ = instantiate_group("data", data_cfg).load_split(split, meta["cat_ids"])
-            files = [Path(root) / records[i % len(records)].file_name for i in range(batch)]
+            files = [Path(root) / records[i % len(records)].file_name for i in range(count)]
             transforms, collate = preprocessing(data_cfg, pad)
             collate.canvas = hw
-            images = collate([ImageFiles(files, transforms)[i] for i in range(batch)])["images"]
-            names = ", ".join(dict.fromkeys(f.name for f in files))
+            images = collate([ImageFiles(files, transforms)[i] for i in range(count)])["images"]
+            names = list(dict.fromkeys(f.name for f in files))
+            names = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             return images[..., : hw[0], : hw[1]].float(), f"{split} split: {names}"  # a val_transforms may go past
-        except Exception as e:  # noqa: BLE001 - the check still runs, on the other split or on noise
+        except Exception as e:  # noqa: BLE001 - tried on the other split, then reported as one error
             errors.append(f"{split}: {e}")
-    log.warning("no dataset images for the export check (%s); using noise", "; ".join(errors))
-    return torch.rand(batch, 3, *hw, generator=torch.Generator().manual_seed(0)) * 255, "noise (no dataset images)"
+    raise DataError(f"no images of the checkpoint's dataset ({'; '.join(errors)})")
 
 
 def largest_box_difference(ref: tuple, got: tuple) -> float:
@@ -191,6 +208,7 @@ def run(cfg: DictConfig) -> float:
     if cfg.format not in ("onnx", "torchscript"):
         raise ConfigError(f"format must be onnx or torchscript, got '{cfg.format}'.")
     nms, dynamic, half = export_options(cfg)
+    quantize = quantize_options(cfg)
     model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu")
     reference = Exportable(model, nms).eval()
     exported = Exportable(copy.deepcopy(model).half(), nms).eval() if half else reference
@@ -211,24 +229,58 @@ def run(cfg: DictConfig) -> float:
         run_exported = export_torchscript(exported, sample, path)
     figures = check(reference, run_exported, inputs, nms)
     diff = max(f["max_abs_box_diff"] for f in figures)
+    passed = half or diff <= float(cfg.tolerance)
+    quantized = None
+    if quantize and passed:
+        calibration = calibration_images(data_cfg, meta, quantize["calibration_images"], hw, pad)
+        quantized = quantize_export(path, quantize, model, reference, inputs, calibration,
+                                    (data_cfg, meta, hw, pad))
     write_sidecar(path, cfg, meta, model, data_cfg, hw, pad, {
         "images": source, "against": "the fp32 PyTorch model", "inputs": figures, "max_abs_box_diff": diff,
         "tolerance": float(cfg.tolerance), "enforced": not half, **({"note": HALF_NOTE} if half else {}),
-    })
+    }, quantized)
     size = "H x W dynamic" if dynamic else f"{hw[0]} x {hw[1]}"
     print(f"exported {cfg.format} model to {path} (input B x 3 x {size}, 0-255 RGB; outputs "
           f"{', '.join(OUTPUTS[nms])}{'; fp16 weights' if half else ''}; preprocessing in {path.name}.json)")
     print(f"largest |box difference| against PyTorch: {diff:.2e} px (tolerance {cfg.tolerance}"
           f"{', not enforced: fp16 weights' if half else ''}) on {len(inputs)} input size(s) of {source}")
-    if not half and not diff <= float(cfg.tolerance):
+    if not passed:
         raise DetcliError(f"the exported model at '{path}' differs from PyTorch by {diff:.3g} px, more than "
                           f"tolerance={cfg.tolerance} (figures in '{path}.json').")
+    if quantized:
+        print_quantized(path, quantized)
     return diff
 
 
+def calibration_images(data_cfg: DictConfig, meta: dict, count: int, hw: tuple[int, int],
+                       pad: tuple) -> tuple[Tensor, str]:
+    """The int8 calibration images: `count` dataset images as the check's, never noise."""
+    try:
+        return dataset_images(data_cfg, meta, count, hw, pad)
+    except DataError as e:
+        raise DataError(f"export.quantize=int8 calibrates on the checkpoint's training images, but found {e}: "
+                        f"make its dataset readable here (the checkpoint's data.root / data.*_ann, "
+                        f"which `data.root=...` on this command can point elsewhere).") from e
+
+
+def print_quantized(path: Path, block: dict) -> None:
+    """The int8 graph's line: where it is, its check and its mAP change."""
+    check_ = block["check"]
+    matched = [f["matched"] for f in check_["inputs"] if f["matched"] is not None]
+    line = (f"int8 graph {path.parent / block['graph']}: {min(matched, default=float('nan')):.0%} of PyTorch's "
+            f"detections found again (IoU >= {check_['inputs'][0]['match_iou']}), largest |box difference| "
+            f"{check_['max_abs_box_diff']:.3g} px")
+    if "map_change" in block:
+        line += (f"; mAP {block['map_fp32']:.4f} (fp32 graph) -> {block['map_int8']:.4f} (int8), "
+                 f"{block['map_change']:+.4f} on {block['eval_images']} val image(s)")
+    print(line)
+
+
 def write_sidecar(path: Path, cfg: DictConfig, meta: dict, model: nn.Module, data_cfg: DictConfig,
-                  hw: tuple[int, int], pad: tuple, figures: dict) -> None:
-    """`<model>.json` beside the model: classes, inputs and outputs, preprocessing and the check's figures."""
+                  hw: tuple[int, int], pad: tuple, figures: dict, quantized: dict | None = None) -> None:
+    """`<model>.json` beside the model: classes, inputs and outputs, preprocessing and the check's figures;
+    with an int8 graph (`quantized`: its block) the block in it too, and `<model>.int8.onnx.json` beside that
+    graph: the same, with the int8 graph's check as its figures."""
     nms, dynamic, half = export_options(cfg)
     sidecar = {
         "format": cfg.format, "input": ["B", 3, "H", "W"] if dynamic else ["B", 3, *hw],
@@ -241,6 +293,11 @@ def write_sidecar(path: Path, cfg: DictConfig, meta: dict, model: nn.Module, dat
         "max_abs_box_diff": figures["max_abs_box_diff"], "check": figures,
         "preprocess": preprocess_spec(data_cfg, hw, pad, dynamic),
     }
+    if quantized:
+        sidecar["quantize"] = quantized
+        int8 = {**sidecar, "weights": "int8", "max_abs_box_diff": quantized["check"]["max_abs_box_diff"],
+                "check": quantized["check"]}
+        (path.parent / f"{quantized['graph']}.json").write_text(json.dumps(json_safe(int8), indent=2) + "\n")
     (path.parent / f"{path.name}.json").write_text(json.dumps(json_safe(sidecar), indent=2) + "\n")
 
 
@@ -257,8 +314,6 @@ def json_safe(value):
 def export_onnx(wrapper: nn.Module, sample: Tensor, path: Path, opset: int, names: list[str] = OUTPUTS[True],
                 dynamic: bool = False):
     """Writes the ONNX graph; returns a function running it in onnxruntime (CPU) as a tuple of tensors."""
-    import onnxruntime as ort
-
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     # D = max_det is fixed; R (without NMS) follows the input size
     out_axes = {0: "batch", 1: "boxes"} if dynamic and "num_dets" not in names else {0: "batch"}
@@ -270,8 +325,7 @@ def export_onnx(wrapper: nn.Module, sample: Tensor, path: Path, opset: int, name
             wrapper, (sample,), str(path), input_names=["images"], output_names=names, opset_version=opset,
             dynamic_axes={"images": axes, **{n: out_axes for n in names}}, dynamo=False,
         )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda images: tuple(torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()}))
+    return onnx_runner(path)
 
 
 def export_torchscript(wrapper: nn.Module, sample: Tensor, path: Path):

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from detcli.data.collate import pad_value
 from detcli.engine.evaluator import to_original
+from detcli.engine.ort_session import inference_session
 from detcli.engine.utils import resolve_device
 from detcli.errors import ConfigError
 from detcli.tasks.common import load_model
@@ -91,8 +92,7 @@ class OnnxPredictor:
         self.path = str(path)
         warn_floor(cfg, sidecar, path, float(self.thresholds.min()))
         cuda = resolve_device(cfg.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-        self.session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"] * cuda
-                                            + ["CPUExecutionProvider"])
+        self.session = inference_session(path, ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"])
 
     def __call__(self, batch: dict) -> list[dict[str, Tensor]]:
         images = batch["images"]
