@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from detcli.engine.progress import Progress
 from detcli.engine.schedule import build_scheduler, describe
 from detcli.engine.signals import StopRequest
 from detcli.engine.thresholds import f1_thresholds
-from detcli.engine.utils import CPU_BF16_FLAGS, autocast_dtype, cpu_bf16, is_main_process, resolve_precision
+from detcli.engine.utils import (
+    CPU_BF16_ENV,
+    CPU_BF16_FLAGS,
+    autocast_dtype,
+    cpu_bf16,
+    is_main_process,
+    resolve_precision,
+)
 from detcli.errors import CheckpointError, ConfigError, DetcliError
 from detcli.models.detector import TrainingProgress
 
@@ -511,8 +519,9 @@ def describe_precision(configured: str, resolved: str, device: torch.device) -> 
     if configured != "auto":
         return f"{resolved} (trainer.precision={configured})"
     if device.type == "cpu":
+        forced = os.environ.get(CPU_BF16_ENV, "").strip() == "0"
         why = f"the CPU has bf16 instructions: {cpu_bf16()}" if resolved == "bf16" else \
-            f"the CPU lacks bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"
+            f"{CPU_BF16_ENV}=0" if forced else f"the CPU lacks bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"
     else:
         why = f"torch.cuda.is_bf16_supported() is {resolved == 'bf16'} on {device}"
     return f"{resolved} (trainer.precision=auto: {why}; trainer.precision=fp32 forces fp32)"
