@@ -304,17 +304,17 @@ def train_img_per_s(train_log: Path, batch: int) -> float | None:
     return images / seconds if seconds else None
 
 
-def run_detcli(name: str, tree: Path, data: Path, args, run_dir: Path) -> dict:
+def run_detcli(name: str, tree: Path, data: Path, args, run_dir: Path, extra: tuple[str, ...] = ()) -> dict:
     """`python -m detcli train` from `tree` (first on the path, so its own code and configs are used)
-    with only the data, the length and the batch given (and the run's head, EXTRA_OVERRIDES):
-    everything else is that version's default."""
+    with only the data, the length and the batch given (and the run's head, EXTRA_OVERRIDES, and `extra`,
+    e.g. scripts/check_cpu_precision.py's trainer.precision=fp32): everything else is that version's default."""
     shutil.rmtree(run_dir, ignore_errors=True)  # the logs append: a stale run would be read back
     # the length: the steps, or (--wall-clock) the time limit with one evaluation, at its end
     length = ([f"trainer.time_limit={args.wall_clock:g}m", f"trainer.eval_interval={10**9}"] if args.wall_clock
               else [f"trainer.max_steps={args.steps}", f"trainer.eval_interval={args.steps}"])
     overrides = [*data_overrides(data), f"data.image_size={args.size}", f"data.batch_size={args.batch}",
                  f"data.num_workers={args.workers}", *([] if name in PRESETS else ["backbone=resnet18"]),
-                 *length, f"trainer.device={args.device}", *EXTRA_OVERRIDES.get(name, [])]
+                 *length, f"trainer.device={args.device}", *EXTRA_OVERRIDES.get(name, []), *extra]
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
     if args.threads:

@@ -22,7 +22,12 @@ decode and suppress a comparable number of candidates, each with its own default
     python scripts/bench_infer.py                      # CPU: FCOS resnet18, 256 px, batch 8
     python scripts/bench_infer.py --head yolox --size 256 --batch 8
     python scripts/bench_infer.py --head faster_rcnn --size 256 --batch 8
+    python scripts/bench_infer.py --precision bf16 --channels-last --threads 1   # both sides alike
     python scripts/bench_infer.py --threads 2 --int8    # also the int8 graph (export.quantize=int8)
+
+`--precision` and `--channels-last` apply to both sides (autocast around each call, images and weights
+in that memory format), as in bench_train.py; `--compile` torch.compiles detcli's model only. The
+onnxruntime row (fp32 by construction) is measured in the default fp32 contiguous setting only.
 
 On the CPU every run prints onnxruntime / eager (detcli's ONNX export in onnxruntime, the session options
 of detcli/engine/ort_session.py, as many intra-op threads as torch has: --threads sets both); with --int8
@@ -48,9 +53,10 @@ from _common import (
     ultralytics_nms,
     yolov8n,
 )
-from bench_train import PEERS, TORCHVISION_MODELS, share_faster_rcnn_weights
+from bench_train import DTYPES, PEERS, TORCHVISION_MODELS, share_faster_rcnn_weights
 
 from detcli.engine.benchmark import onnx_session, synthetic_batch, timed
+from detcli.engine.utils import resolve_precision
 
 SCORE = 0.2  # every candidate's initial score, on both sides
 
@@ -80,6 +86,15 @@ def set_detcli_prior(model, head: str) -> None:
         torch.nn.init.constant_(pred.bias, logit(math.sqrt(SCORE)))
 
 
+def inference(fn, device: torch.device, dtype):
+    """fn as a zero-argument inference call: no grad, under autocast at dtype (None: fp32)."""
+    def call():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return fn()
+
+    return call
+
+
 def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_classes: int, ours) -> dict:
     """The peer's inference on the same images (decode + NMS) as zero-argument functions, by run name:
     ultralytics also without decode and NMS ("ultralytics network"); none where it is not installed."""
@@ -89,22 +104,24 @@ def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_c
             share_faster_rcnn_weights(model, ours)
         else:
             torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(SCORE))
-        model = model.to(device).eval()
-        tv_images = list(images.float() / 255)
-        return {peer: torch.no_grad()(lambda: model(tv_images))}
+        model = model.to(device).to(memory_format=args.fmt).eval()
+        tv_images = list((images.float() / 255).contiguous(memory_format=args.fmt))
+        return {peer: inference(lambda: model(tv_images), device, args.dtype)}
     if load_ultralytics() is None:
         return {}
     model = yolov8n(num_classes)
     for branch in model.model[-1].cv3:  # the Detect head's class convs, one per level
         torch.nn.init.constant_(branch[-1].bias, logit(SCORE))
-    model = model.fuse(verbose=False).to(device).eval()  # its validator / predictor fuse Conv+BN
-    nms, uimages = ultralytics_nms(), images.float() / 255
+    model = model.fuse(verbose=False).to(device).to(memory_format=args.fmt).eval()  # its validator fuses Conv+BN
+    nms, uimages = ultralytics_nms(), (images.float() / 255).contiguous(memory_format=args.fmt)
 
-    @torch.no_grad()
     def infer():  # as ultralytics/models/yolo/detect/val.py postprocesses, minus the time limit
-        return nms(model(uimages), 0.001, 0.7, multi_label=True, max_det=300, max_time_img=math.inf)
+        preds = model(uimages)
+        with torch.autocast(device.type, enabled=False):
+            return nms(preds, 0.001, 0.7, multi_label=True, max_det=300, max_time_img=math.inf)
 
-    return {peer: infer, f"{peer} network": torch.no_grad()(lambda: model(uimages))}
+    return {peer: inference(infer, device, args.dtype),
+            f"{peer} network": inference(lambda: model(uimages), device, args.dtype)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -116,6 +133,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--precision", default="fp32", choices=[*DTYPES, "auto"],
+                   help="autocast dtype of both sides; auto: detcli's trainer.precision=auto on --device")
+    p.add_argument("--channels-last", action="store_true", help="channels-last images and weights, both sides")
+    p.add_argument("--compile", action="store_true", help="torch.compile detcli's model (compiled before timing)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core); 1 on a CPU shared with others")
@@ -124,6 +145,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/infer.json")
     args = p.parse_args()
     args.backbone = args.backbone or default_backbone(args.head)
+    args.precision = resolve_precision(args.precision, torch.device(args.device))
+    args.dtype = DTYPES[args.precision]
+    args.fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -136,12 +160,17 @@ def main() -> None:
     images = synthetic_batch(args.batch, args.size, C)["images"].to(device)
     ours, _ = compose_model([f"backbone={args.backbone}", f"head={args.head}"], num_classes=C)
     set_detcli_prior(ours, args.head)
-    ours = ours.to(device).eval()
-
-    runs = {"detcli": torch.no_grad()(lambda: ours(images)), **peer_runs(peer, args, images, device, C, ours)}
+    ours = ours.to(device).to(memory_format=args.fmt).eval()
+    run_model = torch.compile(ours) if args.compile else ours
+    ours_images = images.contiguous(memory_format=args.fmt)
+    compile_s = timed(inference(lambda: run_model(ours_images), device, args.dtype), 0, 1, device) \
+        if args.compile else None  # the first call compiles: timed apart
+    runs = {"detcli": inference(lambda: run_model(ours_images), device, args.dtype),
+            **peer_runs(peer, args, images, device, C, ours)}
     if f"{peer} network" in runs:  # the same without decode and NMS, for what the postprocess costs
-        runs["detcli network"] = torch.no_grad()(lambda: ours.predict(images))
-    session = onnx_session(ours, images) if device.type == "cpu" else None
+        runs["detcli network"] = inference(lambda: ours.predict(ours_images), device, args.dtype)
+    plain = args.precision == "fp32" and not args.channels_last and not args.compile
+    session = onnx_session(ours, images) if device.type == "cpu" and plain else None
     if session is not None:
         feed = {"images": images.float().numpy()}
         runs["detcli onnxruntime"] = lambda: session.run(None, feed)
@@ -153,13 +182,14 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, fn in runs.items():
             best[name] = min(best[name], timed(fn, warmup=1, iters=args.iters, device=device))
-    summarize(args, device, peer, {k: args.batch / v for k, v in best.items()})
+    summarize(args, device, peer, {k: args.batch / v for k, v in best.items()}, compile_s)
 
 
-def summarize(args, device: torch.device, peer: str, ips: dict[str, float]) -> None:
+def summarize(args, device: torch.device, peer: str, ips: dict[str, float], compile_s: float | None) -> None:
     """The table and the JSON: images/s of each run, detcli over its peer (when measured), onnxruntime."""
-    result = {"args": vars(args), "threads": torch.get_num_threads(), "img_per_s": ips,
-              f"speedup_vs_{peer}": ips["detcli"] / ips[peer] if peer in ips else None}
+    settings = {k: v for k, v in vars(args).items() if k not in ("dtype", "fmt")}
+    result = {"args": settings, "threads": torch.get_num_threads(), "img_per_s": ips,
+              f"speedup_vs_{peer}": ips["detcli"] / ips[peer] if peer in ips else None, "compile_s": compile_s}
     extra = []
     if peer in ips:
         name = {"fcos": "torchvision (target >= 1.3 on CPU)", "faster_rcnn": "torchvision (target > 1)"}.get(
@@ -176,7 +206,11 @@ def summarize(args, device: torch.device, peer: str, ips: dict[str, float]) -> N
         result["int8_vs_onnxruntime"] = ips["detcli onnxruntime int8"] / ips["detcli onnxruntime"]
         extra.append(("onnxruntime int8 / eager", f"{result['int8_vs_eager']:.2f}x"))
         extra.append(("onnxruntime int8 / onnxruntime fp32", f"{result['int8_vs_onnxruntime']:.2f}x"))
-    title = f"inference, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {device}"
+    if compile_s is not None:
+        extra.append(("torch.compile: first call (compiling), s", f"{compile_s:.1f}"))
+    flags = (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else "")
+    title = (f"inference, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {args.precision}"
+             f"{flags}, {device}")
     report(title, ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -38,6 +38,7 @@ from _common import (
 )
 
 from detcli.engine.benchmark import synthetic_batch, timed, train_step
+from detcli.engine.utils import resolve_precision
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEERS = {"fcos": "torchvision", "yolox": "ultralytics", "faster_rcnn": "torchvision"}  # each head's peer
@@ -139,7 +140,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--precision", default="fp32", choices=list(DTYPES))
+    p.add_argument("--precision", default="fp32", choices=[*DTYPES, "auto"],
+                   help="autocast dtype of both sides; auto: detcli's trainer.precision=auto on --device")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile detcli's model (trainer.compile=true)")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -151,6 +153,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/train.json")
     args = p.parse_args()
     args.backbone = args.backbone or default_backbone(args.head)
+    args.precision = resolve_precision(args.precision, torch.device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     return args

@@ -36,9 +36,10 @@ def to_original(dets: dict[str, Tensor], batch: dict) -> list[dict[str, Tensor]]
 
 @torch.no_grad()
 def run_inference(model: nn.Module, loader, device: torch.device, precision: str = "fp32", channels_last=False):
-    """Yields (batch, per-image detections in original pixels) over a loader."""
+    """Yields (batch, per-image detections in original pixels) over a loader, under autocast at `precision`
+    (a trainer.precision; auto resolved for `device`)."""
     model.eval()
-    dtype = autocast_dtype(precision)
+    dtype = autocast_dtype(precision, device)
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
         if channels_last:

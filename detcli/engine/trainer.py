@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from detcli.engine.progress import Progress
 from detcli.engine.schedule import build_scheduler, describe
 from detcli.engine.signals import StopRequest
 from detcli.engine.thresholds import f1_thresholds
-from detcli.engine.utils import autocast_dtype, is_main_process
+from detcli.engine.utils import (
+    CPU_BF16_ENV,
+    CPU_BF16_FLAGS,
+    autocast_dtype,
+    cpu_bf16,
+    is_main_process,
+    resolve_precision,
+)
 from detcli.errors import CheckpointError, ConfigError, DetcliError
 from detcli.models.detector import TrainingProgress
 
@@ -123,7 +131,10 @@ class Trainer:
         t = cfg.trainer
         self.cfg, self.t, self.meta = cfg, t, meta
         self.run_dir, self.device = Path(run_dir), device
-        self.dtype = autocast_dtype(t.precision)
+        self.precision = resolve_precision(t.precision, device)  # trainer.precision=auto: this machine's
+        self.dtype = autocast_dtype(self.precision)
+        self.meta["precision"] = self.precision  # the checkpoints record what the run computed in
+        log.info("precision: %s", describe_precision(t.precision, self.precision, device))
         self.model = model.to(device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -167,7 +178,7 @@ class Trainer:
                  describe(self.total_steps, self.steps_per_epoch, t.scheduler) if not self.budget else
                  f"{t.scheduler.name} over the steps that fit in trainer.time_limit={t.time_limit} "
                  f"(estimated as it goes; trainer.epochs / max_steps are not used)")
-        self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.ema = ModelEmaV3(self.model, decay=t.ema.decay, use_warmup=t.ema.warmup) if t.ema.enabled else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_map, self.bad_evals, self.skipped_steps = -1.0, 0, 0
@@ -272,7 +283,7 @@ class Trainer:
     def fit(self) -> dict:
         log.info("training steps %d..%s (%d per epoch), %s, %s", self.step + 1,
                  self.total_steps if not self.budget else f"the limit of {self.t.time_limit}",
-                 self.steps_per_epoch, self.device, self.t.precision)
+                 self.steps_per_epoch, self.device, self.precision)
         batches = self.batches()
         if self.budget:
             self.budget.start()
@@ -383,7 +394,7 @@ class Trainer:
         stop = False
         model = self.ema.module if self.ema is not None else self.model
         t0 = time.perf_counter()
-        result = evaluation(model, self.val_loader, self.device, self.t.precision, self.t.channels_last,
+        result = evaluation(model, self.val_loader, self.device, self.precision, self.t.channels_last,
                             self.meta.get("class_names"))
         metrics = result.metrics
         num_classes = len(self.meta.get("class_names", []))  # F1-optimal score thresholds in label order, None:
@@ -486,8 +497,12 @@ class Trainer:
         factor = self.scheduler.lr_lambdas[0](ckpt["step"])
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        if ckpt["scaler"]:  # empty when the checkpoint's run had no GradScaler (not fp16)
+        if ckpt["scaler"] and self.scaler.is_enabled():  # empty when the checkpoint's run had no GradScaler
             self.scaler.load_state_dict(ckpt["scaler"])
+        before = ckpt.get("meta", {}).get("precision")
+        if before and before != self.precision:  # e.g. trainer.precision=auto on another machine
+            log.info("resuming in %s a run trained so far in %s (trainer.precision=%s)", self.precision, before,
+                     self.t.precision)
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best_map, self.bad_evals = ckpt["best_map"], ckpt.get("bad_evals", 0)
         self.skipped_steps, self.last_metrics = ckpt.get("skipped_steps", 0), ckpt.get("metrics")
@@ -497,6 +512,19 @@ class Trainer:
             self.configured_steps = max(int(ckpt.get("total_steps") or self.configured_steps), ckpt["step"] + 2)
         per_rank, rank = ckpt.get("rng_per_rank") or [], dist.get_rank() if self.world > 1 else 0
         set_rng_state(per_rank[rank] if len(per_rank) == self.world else ckpt["rng"])
+
+
+def describe_precision(configured: str, resolved: str, device: torch.device) -> str:
+    """The log line's words: what the run computes in and, for trainer.precision=auto, why."""
+    if configured != "auto":
+        return f"{resolved} (trainer.precision={configured})"
+    if device.type == "cpu":
+        forced = os.environ.get(CPU_BF16_ENV, "").strip() == "0"
+        why = f"the CPU has bf16 instructions: {cpu_bf16()}" if resolved == "bf16" else \
+            f"{CPU_BF16_ENV}=0" if forced else f"the CPU lacks bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"
+    else:
+        why = f"torch.cuda.is_bf16_supported() is {resolved == 'bf16'} on {device}"
+    return f"{resolved} (trainer.precision=auto: {why}; trainer.precision=fp32 forces fp32)"
 
 
 def _peak_memory_gb(device: torch.device) -> float:

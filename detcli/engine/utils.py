@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,12 +28,59 @@ def seed_everything(seed: int) -> None:
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
+CPU_BF16_ENV = "DETCLI_CPU_BF16"  # 1 / 0: take the CPU as having bf16 instructions or not (tests)
 
 
-def autocast_dtype(precision: str):
+def autocast_dtype(precision: str, device: torch.device | None = None):
+    """The autocast dtype of a trainer.precision (None: fp32); `auto` is resolved for `device` first."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device or torch.device("cpu"))
     if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got '{precision}'.")
+        raise ConfigError(f"trainer.precision must be one of {[*PRECISIONS, 'auto']}, got '{precision}'.")
     return PRECISIONS[precision]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """trainer.precision as it runs on `device`: fp32, bf16 and fp16 stay; `auto` is bf16 where the device
+    computes bf16 natively, else fp32: on a CUDA GPU where torch.cuda.is_bf16_supported(); on a CPU where
+    `cpu_bf16()` finds the instructions. The environment variable DETCLI_CPU_BF16=1 (or 0) takes the CPU
+    as having them (or not) whatever it has: for tests, or a machine whose flags mislead."""
+    if precision != "auto":
+        autocast_dtype(precision)  # the error naming the key, for a value that is not a precision
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_bf16() else "fp32"
+    return "fp32"
+
+
+def cpu_bf16() -> str | None:
+    """Why this CPU counts as computing bf16 natively (the flag or setting that says so), else None:
+    DETCLI_CPU_BF16 when set; else a CPU_BF16_FLAGS flag in /proc/cpuinfo (Linux); else torch's CPU
+    capability where it names AMX or BF16 (torch.backends.cpu.get_cpu_capability())."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ConfigError(f"the environment variable {CPU_BF16_ENV} must be 0 or 1, got '{forced}'.")
+        return f"{CPU_BF16_ENV}={forced}" if forced == "1" else None
+    flags = cpuinfo_flags()
+    found = next((f for f in CPU_BF16_FLAGS if f in flags), None)
+    if found:
+        return f"{found} in /proc/cpuinfo"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"torch CPU capability {capability}" if any(k in capability.upper() for k in ("AMX", "BF16")) else None
+
+
+def cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU feature flags Linux lists (the first `flags` line); empty where there is no such file."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return set()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
 
 
 def is_main_process() -> bool:

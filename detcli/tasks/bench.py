@@ -1,7 +1,9 @@
 """detcli bench checkpoint=PATH (or the train config groups: head=... backbone=...): inference latency and
 throughput of eager PyTorch, torch.compile and onnxruntime (detcli export's graph, NMS included), and the
 training step time, for every bench.batch_sizes x bench.image_sizes on synthetic images; prints a table
-with the ratios against eager and writes bench.json in the run folder.
+with the ratios against eager and writes bench.json in the run folder (train_precision: the training rows'
+precision on this device, trainer.precision=auto resolved here; trained_precision: what a checkpoint's run
+computed in, from its meta).
 
 The measuring is detcli.engine.benchmark's, the same code as scripts/bench_*.py. Inference rows come first
 and the training rows last, so that every inference row runs the same weights.
@@ -24,7 +26,7 @@ from detcli.build import build_model
 from detcli.data.transforms import image_size_of
 from detcli.engine.benchmark import onnx_session, synthetic_batch, timed, train_step
 from detcli.engine.trainer import build_optimizer
-from detcli.engine.utils import autocast_dtype, resolve_device
+from detcli.engine.utils import autocast_dtype, resolve_device, resolve_precision
 from detcli.errors import ConfigError
 from detcli.models.backbones.timm import resolve_freeze_bn
 from detcli.tasks.common import command_overrides, load_model, overlay, run_dir
@@ -42,6 +44,7 @@ class Subject:
     num_classes: int
     device: torch.device
     checkpoint: str | None
+    trained_precision: str | None = None  # what a checkpoint's run computed in (its meta), where recorded
 
     def describe(self) -> str:
         c = self.config
@@ -65,7 +68,9 @@ def run(cfg: DictConfig) -> dict:
         rows += [train_row(subject, side, n, b) for side in sides for n in batches]
     result = {"model": subject.describe(), "checkpoint": subject.checkpoint, "device": str(subject.device),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "train_precision": str(subject.config.trainer.precision), "rows": rows}
+              "train_precision": resolve_precision(str(subject.config.trainer.precision), subject.device),
+              "train_precision_setting": str(subject.config.trainer.precision),
+              "trained_precision": subject.trained_precision, "rows": rows}
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
     print(f"written {out / 'bench.json'}")
@@ -99,7 +104,7 @@ def load_subject(cfg: DictConfig) -> Subject:
                               f"out to build a fresh one.")
         model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device)
         config = overlay(ckpt_cfg, cfg, overrides)
-        return Subject(model, config, len(meta["class_names"]), device, str(cfg.checkpoint))
+        return Subject(model, config, len(meta["class_names"]), device, str(cfg.checkpoint), meta.get("precision"))
     config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     backbone = config.backbone
     backbone.freeze_bn = resolve_freeze_bn(backbone.get("freeze_bn", "auto"),
@@ -231,8 +236,9 @@ def train_row(subject: Subject, side: int, batch: int, b: DictConfig) -> dict:
     images = data["images"].contiguous(memory_format=fmt)  # (B, 3, S, S)
     targets = {"boxes": data["boxes"], "labels": data["labels"]}  # (B, 8, 4), (B, 8)
     optimizer = build_optimizer(t.optimizer, model)
-    dtype = autocast_dtype(t.precision)
-    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+    precision = resolve_precision(str(t.precision), device)
+    dtype = autocast_dtype(precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def step():
         train_step(optimizer, lambda: sum(model(images, targets).values()), device, dtype, scaler)
@@ -265,6 +271,6 @@ def note(row: dict, result: dict) -> str:
     if row["run"] == "onnxruntime" and result["device"].startswith("cuda") and row["provider"] != \
             "CUDAExecutionProvider":
         return "on the CPU (no CUDA in this onnxruntime: pip install onnxruntime-gpu)"
-    if row["run"] == "train step":
+    if row["run"] == "train step":  # this device's precision (trainer.precision=auto resolved here)
         return result["train_precision"]
     return ""

@@ -1,0 +1,158 @@
+"""trainer.precision=auto: bf16 where the device computes it natively (the CPU's avx512_bf16 / amx_bf16 flags,
+torch's CPU capability, DETCLI_CPU_BF16; CUDA's is_bf16_supported), fp32 elsewhere, fp32 forced by
+trainer.precision=fp32; a toy CLI run logs and records what it resolved to, and a resume on a machine
+that resolves otherwise says so."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import detcli
+
+from detcli.engine import utils
+from detcli.engine.checkpoint import load_checkpoint
+from detcli.engine.utils import autocast_dtype, cpu_bf16, cpuinfo_flags, resolve_precision
+from detcli.errors import ConfigError
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+ROOT = Path(__file__).resolve().parents[1]
+# 64 px toy images: the trainer's first lines and its checkpoint in a few seconds
+FAST = ["experiment=toy", "data.num_train=16", "data.num_val=4", "data.batch_size=4", "data.canvas=64",
+        "data.image_size=64", "trainer.log_interval=1", "trainer.report=false"]
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Sets the flags /proc/cpuinfo lists and torch's CPU capability; DETCLI_CPU_BF16 unset."""
+    monkeypatch.delenv("DETCLI_CPU_BF16", raising=False)
+
+    def set_flags(flags: set[str], capability: str = "AVX512") -> None:
+        monkeypatch.setattr(utils, "cpuinfo_flags", lambda: set(flags))
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+
+    return set_flags
+
+
+@pytest.mark.parametrize("flags, capability, expected", [
+    ({"avx512f", "avx512_bf16"}, "AVX512", "bf16"),  # e.g. AMD Zen 4 / 5, Intel Cooper Lake
+    ({"avx512f", "amx_bf16", "amx_tile"}, "AVX512", "bf16"),  # Intel Sapphire Rapids
+    ({"avx512f", "avx512bw"}, "AVX512", "fp32"),  # AVX-512 without bf16 instructions
+    ({"avx2", "fma"}, "AVX2", "fp32"),
+    (set(), "DEFAULT", "fp32"),  # no /proc/cpuinfo (macOS, Windows) and nothing from torch
+    (set(), "AMX", "bf16"),  # torch's capability where it names AMX
+])
+def test_auto_on_a_cpu_follows_its_bf16_instructions(cpu_flags, flags, capability, expected):
+    cpu_flags(flags, capability)
+    assert resolve_precision("auto", CPU) == expected
+    assert autocast_dtype("auto", CPU) == (torch.bfloat16 if expected == "bf16" else None)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_a_named_precision_is_kept_whatever_the_cpu(cpu_flags, precision):
+    cpu_flags({"avx512_bf16"})
+    assert resolve_precision(precision, CPU) == precision
+    cpu_flags({"avx2"}, "AVX2")
+    assert resolve_precision(precision, CPU) == precision
+
+
+def test_auto_on_cuda_follows_is_bf16_supported(monkeypatch, cpu_flags):
+    cpu_flags({"avx2"}, "AVX2")  # the GPU decides, not the CPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", CUDA) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100, a T4
+    assert resolve_precision("auto", CUDA) == "fp32"
+    assert resolve_precision("fp16", CUDA) == "fp16"
+
+
+def test_the_environment_variable_overrides_the_flags(monkeypatch, cpu_flags):
+    cpu_flags({"avx2"}, "AVX2")
+    monkeypatch.setenv("DETCLI_CPU_BF16", "1")
+    assert resolve_precision("auto", CPU) == "bf16" and cpu_bf16() == "DETCLI_CPU_BF16=1"
+    cpu_flags({"avx512_bf16"})
+    monkeypatch.setenv("DETCLI_CPU_BF16", "0")
+    assert resolve_precision("auto", CPU) == "fp32" and cpu_bf16() is None
+    monkeypatch.setenv("DETCLI_CPU_BF16", "yes")
+    with pytest.raises(ConfigError, match="DETCLI_CPU_BF16 must be 0 or 1, got 'yes'"):
+        resolve_precision("auto", CPU)
+
+
+def test_an_unknown_precision_names_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match=r"trainer.precision must be one of \['fp32', 'bf16', 'fp16', 'auto'\]"):
+        resolve_precision("bf32", CPU)
+
+
+def test_cpuinfo_flags_reads_the_first_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpuinfo_flags(info) == {"fpu", "avx512f", "avx512_bf16"}
+    assert cpuinfo_flags(tmp_path / "missing") == set()
+
+
+def train_log(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def test_the_default_precision_is_logged_first_and_recorded(tmp_path, cache_dir, monkeypatch):
+    """A toy run with no trainer option on a CPU taken as having bf16: the trainer's first line says bf16
+    and why, its checkpoint's meta records it, the EMA and BatchNorm stay fp32 and no GradScaler runs; a
+    resume where the CPU lacks bf16 continues in fp32 and says so (trainer.precision=fp32 forcing fp32 whatever
+    the CPU: test_a_named_precision_is_kept_whatever_the_cpu)."""
+    monkeypatch.setenv("DETCLI_CPU_BF16", "1")
+    run = tmp_path / "auto"
+    proc = detcli("train", *FAST, "trainer.max_steps=2", f"hydra.run.dir={run}")
+    trainer_lines = [x for x in train_log(proc).splitlines() if "detcli.engine.trainer" in x or "precision:" in x]
+    assert "precision: bf16 (trainer.precision=auto: the CPU has bf16 instructions: DETCLI_CPU_BF16=1;" \
+        in trainer_lines[0]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["meta"]["precision"] == "bf16" and ckpt["config"]["trainer"]["precision"] == "auto"
+    assert ckpt["scaler"] == {}  # GradScaler only for fp16
+    assert all(v.dtype == torch.float32 for v in ckpt["ema"].values() if v.is_floating_point())
+    assert json.loads((run / "eval_log.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+    monkeypatch.setenv("DETCLI_CPU_BF16", "0")  # "another machine": auto resolves to fp32 there
+    proc = detcli("train", *FAST, "trainer.max_steps=3", f"resume={run}/checkpoints/last.pt",
+                  f"hydra.run.dir={run}")
+    assert "resuming in fp32 a run trained so far in bf16 (trainer.precision=auto)" in train_log(proc)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["meta"]["precision"] == "fp32"
+
+
+def test_bench_resolves_auto_on_its_device(trained_run, tmp_path, monkeypatch):
+    """detcli bench of a checkpoint: the training row's precision resolved here, and the one it trained in."""
+    monkeypatch.setenv("DETCLI_CPU_BF16", "1")
+    out = tmp_path / "bench"
+    detcli("bench", f"checkpoint={trained_run}/checkpoints/last.pt", "bench.batch_sizes=[1]",
+           "bench.image_sizes=[64]", "bench.iters=1", "bench.warmup=0", "bench.compile=false", "bench.onnx=false",
+           "device=cpu", f"hydra.run.dir={out}")
+    result = json.loads((out / "bench.json").read_text())
+    assert result["train_precision"] == "bf16" and result["train_precision_setting"] == "auto"
+    assert result["trained_precision"] == "fp32"  # the suite's toy run: DETCLI_CPU_BF16=0 (conftest)
+
+
+@pytest.mark.slow
+def test_check_cpu_precision_smoke(tmp_path, cache_dir):
+    """scripts/check_cpu_precision.py on bench_accuracy's synthetic set, 2 steps: fp32 against the default,
+    which resolves to bf16 here (DETCLI_CPU_BF16=1), both scored, the verdict printed and written. 128 px, not
+    64: at 64 px P6 / P7 are 1 x 1 and on this CPU (torch 2.14, oneDNN bf16) the P7 conv's weight gradient
+    came out NaN in bf16 (fp32 was fine), which stops the run at step 2."""
+    import os
+    import subprocess
+
+    out = tmp_path / "check.json"
+    args = ["--synthetic", "--steps", "2", "--size", "128", "--batch", "2", "--workers", "0",
+            "--cache", str(tmp_path / "cache"), "--workdir", str(tmp_path / "runs"), "--out", str(out)]
+    env = {**os.environ, "DETCLI_CPU_BF16": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_cpu_precision.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    runs, verdict = result["runs"], result["verdict"]
+    assert runs["fp32"]["precision"] == "fp32" and runs["default"]["precision"] == "bf16"
+    assert "trainer.precision=fp32" in runs["fp32"]["overrides"]
+    assert not any(o.startswith("trainer.precision") for o in runs["default"]["overrides"])  # the default
+    assert runs["fp32"]["steps"] == runs["default"]["steps"] == 2
+    assert verdict["map_points"] == pytest.approx(100 * (runs["default"]["map"] - runs["fp32"]["map"]))
+    assert verdict["pass"] == (abs(verdict["map_points"]) <= 0.5)
+    assert ("PASS" if verdict["pass"] else "FAIL") in proc.stdout and "default - fp32" in proc.stdout
