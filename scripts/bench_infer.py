@@ -19,15 +19,18 @@ decode and suppress a comparable number of candidates, each with its own default
   alone (no decode, no NMS). ultralytics is the optional `bench` extra (pip install -e .[bench]);
   without it the ultralytics rows are skipped.
 
-    python scripts/bench_infer.py                      # CPU: FCOS resnet18, 256 px, batch 8
+    python scripts/bench_infer.py                      # CPU: FCOS resnet18, 256 px, batch 8, defaults
     python scripts/bench_infer.py --head yolox --size 256 --batch 8
     python scripts/bench_infer.py --head faster_rcnn --size 256 --batch 8
     python scripts/bench_infer.py --precision bf16 --channels-last --threads 1   # both sides alike
     python scripts/bench_infer.py --threads 2 --int8    # also the int8 graph (export.quantize=int8)
 
-`--precision` and `--channels-last` apply to both sides (autocast around each call, images and weights
-in that memory format), as in bench_train.py; `--compile` torch.compiles detcli's model only. The
-onnxruntime row (fp32 by construction) is measured in the default fp32 contiguous setting only.
+By default each side runs at its own defaults, what a user of each gets without naming an option: detcli
+as `detcli predict` runs (precision auto: bf16 autocast on a CPU with bf16 instructions or a GPU with bf16,
+else fp32; channels last), the peer in fp32, contiguous. An explicit `--precision` (and `--channels-last`)
+applies to both sides alike (autocast around each call, images and weights in that memory format), as in
+bench_train.py; `--compile` torch.compiles detcli's model only. The onnxruntime rows run detcli's fp32 graph
+(and with --int8 its int8 graph) whatever the eager settings.
 
 On the CPU every run prints onnxruntime / eager (detcli's ONNX export in onnxruntime, the session options
 of detcli/engine/ort_session.py, as many intra-op threads as torch has: --threads sets both); with --int8
@@ -104,24 +107,24 @@ def peer_runs(peer: str, args, images: torch.Tensor, device: torch.device, num_c
             share_faster_rcnn_weights(model, ours)
         else:
             torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(SCORE))
-        model = model.to(device).to(memory_format=args.fmt).eval()
-        tv_images = list((images.float() / 255).contiguous(memory_format=args.fmt))
-        return {peer: inference(lambda: model(tv_images), device, args.dtype)}
+        model = model.to(device).to(memory_format=args.peer_fmt).eval()
+        tv_images = list((images.float() / 255).contiguous(memory_format=args.peer_fmt))
+        return {peer: inference(lambda: model(tv_images), device, args.peer_dtype)}
     if load_ultralytics() is None:
         return {}
     model = yolov8n(num_classes)
     for branch in model.model[-1].cv3:  # the Detect head's class convs, one per level
         torch.nn.init.constant_(branch[-1].bias, logit(SCORE))
-    model = model.fuse(verbose=False).to(device).to(memory_format=args.fmt).eval()  # its validator fuses Conv+BN
-    nms, uimages = ultralytics_nms(), (images.float() / 255).contiguous(memory_format=args.fmt)
+    model = model.fuse(verbose=False).to(device).to(memory_format=args.peer_fmt).eval()  # its validator fuses Conv+BN
+    nms, uimages = ultralytics_nms(), (images.float() / 255).contiguous(memory_format=args.peer_fmt)
 
     def infer():  # as ultralytics/models/yolo/detect/val.py postprocesses, minus the time limit
         preds = model(uimages)
         with torch.autocast(device.type, enabled=False):
             return nms(preds, 0.001, 0.7, multi_label=True, max_det=300, max_time_img=math.inf)
 
-    return {peer: inference(infer, device, args.dtype),
-            f"{peer} network": inference(lambda: model(uimages), device, args.dtype)}
+    return {peer: inference(infer, device, args.peer_dtype),
+            f"{peer} network": inference(lambda: model(uimages), device, args.peer_dtype)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -133,8 +136,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--precision", default="fp32", choices=[*DTYPES, "auto"],
-                   help="autocast dtype of both sides; auto: detcli's trainer.precision=auto on --device")
+    p.add_argument("--precision", default="default", choices=["default", *DTYPES, "auto"],
+                   help="default: each side at its own defaults (detcli: precision auto + channels last, as "
+                        "`detcli predict` runs; the peer: fp32, contiguous); else the autocast dtype of both sides "
+                        "(auto: detcli's trainer.precision=auto on --device)")
     p.add_argument("--channels-last", action="store_true", help="channels-last images and weights, both sides")
     p.add_argument("--compile", action="store_true", help="torch.compile detcli's model (compiled before timing)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -145,9 +150,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/infer.json")
     args = p.parse_args()
     args.backbone = args.backbone or default_backbone(args.head)
-    args.precision = resolve_precision(args.precision, torch.device(args.device))
+    args.defaults = args.precision == "default"
+    if args.defaults:  # detcli's predict defaults (configs/predict.yaml: precision auto, channels_last true)
+        args.precision, args.channels_last = "auto", True
+    args.precision = resolve_precision(args.precision, torch.device(args.device), inference=True)
     args.dtype = DTYPES[args.precision]
     args.fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    # the peer: its own defaults (fp32, contiguous) or, with an explicit --precision, the same as detcli
+    args.peer_precision = "fp32" if args.defaults else args.precision
+    args.peer_dtype = DTYPES[args.peer_precision]
+    args.peer_fmt = torch.contiguous_format if args.defaults else args.fmt
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -169,8 +181,8 @@ def main() -> None:
             **peer_runs(peer, args, images, device, C, ours)}
     if f"{peer} network" in runs:  # the same without decode and NMS, for what the postprocess costs
         runs["detcli network"] = inference(lambda: ours.predict(ours_images), device, args.dtype)
-    plain = args.precision == "fp32" and not args.channels_last and not args.compile
-    session = onnx_session(ours, images) if device.type == "cpu" and plain else None
+    # onnxruntime runs the fp32 graph of the same model whatever the eager settings (not beside --compile)
+    session = onnx_session(ours, images) if device.type == "cpu" and not args.compile else None
     if session is not None:
         feed = {"images": images.float().numpy()}
         runs["detcli onnxruntime"] = lambda: session.run(None, feed)
@@ -187,7 +199,7 @@ def main() -> None:
 
 def summarize(args, device: torch.device, peer: str, ips: dict[str, float], compile_s: float | None) -> None:
     """The table and the JSON: images/s of each run, detcli over its peer (when measured), onnxruntime."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("dtype", "fmt")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("dtype", "fmt", "peer_dtype", "peer_fmt")}
     result = {"args": settings, "threads": torch.get_num_threads(), "img_per_s": ips,
               f"speedup_vs_{peer}": ips["detcli"] / ips[peer] if peer in ips else None, "compile_s": compile_s}
     extra = []
@@ -209,8 +221,10 @@ def summarize(args, device: torch.device, peer: str, ips: dict[str, float], comp
     if compile_s is not None:
         extra.append(("torch.compile: first call (compiling), s", f"{compile_s:.1f}"))
     flags = (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else "")
-    title = (f"inference, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {args.precision}"
-             f"{flags}, {device}")
+    peer_flags = ", channels-last" if args.peer_fmt == torch.channels_last else ""
+    title = (f"inference, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {device}: detcli "
+             f"{args.precision}{flags}" + (f", {peer} {args.peer_precision}{peer_flags}" if peer in ips else "")
+             + (" (each at its defaults)" if args.defaults else ""))
     report(title, ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -12,10 +12,15 @@ neck + head with a trivial loss. A step is forward + loss + backward + optimizer
   its default gains (ultralytics/cfg/default.yaml). ultralytics is the optional `bench` extra
   (pip install -e .[bench]); without it the ultralytics rows are skipped.
 
-    python scripts/bench_train.py                              # CPU: FCOS resnet18, 256 px, batch 8
+    python scripts/bench_train.py                              # CPU: FCOS resnet18, 256 px, batch 8, defaults
     python scripts/bench_train.py --head yolox --size 256 --batch 8
     python scripts/bench_train.py --head faster_rcnn --backbone resnet50 --size 400 --batch 4
     python scripts/bench_train.py --backbone resnet50 --size 800 --batch 8 --precision bf16 --channels-last
+
+By default each side trains at its own defaults, what a user of each gets without naming an option: detcli
+at its trainer defaults (trainer.precision=auto: fp32 on a CPU, bf16 autocast on a GPU with bf16;
+trainer.channels_last=true), the peer in fp32, contiguous (torchvision's reference recipe;
+ultralytics' AMP is GPU-only). An explicit `--precision` (and `--channels-last`) applies to both sides alike.
 """
 
 from __future__ import annotations
@@ -140,8 +145,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--precision", default="fp32", choices=[*DTYPES, "auto"],
-                   help="autocast dtype of both sides; auto: detcli's trainer.precision=auto on --device")
+    p.add_argument("--precision", default="default", choices=["default", *DTYPES, "auto"],
+                   help="default: each side at its own defaults (detcli: trainer.precision=auto + channels last; "
+                        "the peer: fp32, contiguous); else the autocast dtype of both sides (auto: detcli's rule)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile detcli's model (trainer.compile=true)")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -153,7 +159,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/train.json")
     args = p.parse_args()
     args.backbone = args.backbone or default_backbone(args.head)
+    args.defaults = args.precision == "default"
+    if args.defaults:  # detcli's trainer defaults (configs/trainer/default.yaml)
+        args.precision, args.channels_last = "auto", True
     args.precision = resolve_precision(args.precision, torch.device(args.device))
+    # the peer: its own defaults (fp32, contiguous) or, with an explicit --precision, the same as detcli
+    args.peer_precision = "fp32" if args.defaults else args.precision
+    args.peer_channels_last = args.channels_last and not args.defaults
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -182,10 +194,11 @@ def main() -> None:
 
     runs = {"detcli": lambda: train_step(opt_ours, full, device, dtype),
             "trivial": lambda: train_step(opt_ours, trivial, device, dtype)}
-    theirs = peer_loss(peer, args, batch, fmt, device, C, ours)
+    peer_fmt = torch.channels_last if args.peer_channels_last else torch.contiguous_format
+    theirs = peer_loss(peer, args, batch, peer_fmt, device, C, ours)
     if theirs is not None:
         opt_theirs = sgd(theirs[0])
-        runs[peer] = lambda: train_step(opt_theirs, theirs[1], device, dtype)
+        runs[peer] = lambda: train_step(opt_theirs, theirs[1], device, DTYPES[args.peer_precision])
     best = {k: float("inf") for k in runs}
     for _ in range(args.rounds):  # alternate, keep each one's best round
         for name, fn in runs.items():
@@ -236,8 +249,10 @@ def summarize(args, device: torch.device, peer: str, best: dict[str, float], flo
         result["mfu"] = result["achieved_tflops"] / peak
         extra.append((f"MFU (of {peak:g} TFLOP/s dense {args.precision} peak)", f"{100 * result['mfu']:.1f} %"))
     flags = (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else "")
-    report(f"training, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {args.precision}{flags}, "
-           f"{device}", ips, extra)
+    peer_flags = ", channels-last" if args.peer_channels_last else ""
+    report(f"training, {args.head.upper()} {args.backbone}, {args.batch} x {args.size} px, {device}: detcli "
+           f"{args.precision}{flags}" + (f", {peer} {args.peer_precision}{peer_flags}" if peer in ips else "")
+           + (" (each at its defaults)" if args.defaults else ""), ips, extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")

@@ -236,3 +236,38 @@ def test_tensorboard_logger_and_early_stopping(tmp_path, cache_dir):
     evals = (run / "eval_log.jsonl").read_text().splitlines()
     assert len(evals) == 3 and json.loads(evals[-1])["step"] == 6
     assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+def _toy_trainer(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from detcli.build import build_model
+    from detcli.cli import config_dir
+    from detcli.engine.trainer import Trainer
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", ["experiment=toy", "data.num_train=8", "data.num_val=4", "data.canvas=64",
+                                "data.image_size=64", "data.batch_size=2", "data.num_workers=0",
+                                "trainer.precision=fp32", "trainer.ema.enabled=false", *overrides])
+    data = instantiate(cfg.data)
+    return Trainer(cfg, build_model(cfg, data.num_classes), data.train_loader(data.dataset("train"), 0), None,
+                   tmp_path, torch.device("cpu"), {})
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_path, policy):
+    """A NaN gradient under a finite loss (as PyTorch's CPU bf16 conv gives now and then, see
+    necks/fpn.ExtraConv) is caught by the same once-per-step check as a non-finite loss."""
+    from detcli.engine.trainer import NonFiniteLoss
+
+    trainer = _toy_trainer(tmp_path, f"trainer.on_nonfinite={policy}")
+    weight = trainer.model.head.cls_logits.weight
+    weight.register_hook(lambda g: g * float("nan"))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}  # (BatchNorm statistics move)
+    if policy == "stop":
+        with pytest.raises(NonFiniteLoss, match="grad_norm=nan"):
+            trainer.run_step(trainer.batches())
+    else:
+        assert trainer.run_step(trainer.batches()) is None and trainer.skipped_steps == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.named_parameters())

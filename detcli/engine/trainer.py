@@ -134,7 +134,9 @@ class Trainer:
         self.precision = resolve_precision(t.precision, device)  # trainer.precision=auto: this machine's
         self.dtype = autocast_dtype(self.precision)
         self.meta["precision"] = self.precision  # the checkpoints record what the run computed in
-        log.info("precision: %s", describe_precision(t.precision, self.precision, device))
+        # the evaluations run as `detcli eval` does: auto takes the inference rule (bf16 on a bf16 CPU)
+        self.eval_precision = resolve_precision(t.precision, device, inference=True)
+        log.info("precision: %s", describe_precision(t.precision, self.precision, device, self.eval_precision))
         self.model = model.to(device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -224,14 +226,19 @@ class Trainer:
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0) + v.detach() / self.accumulate
             self._since_log = (self._since_log[0] + images.shape[0], self._since_log[1])
-        if not self._finite(totals):  # checked once per step, before anything reaches the weights
+        checked = dict(totals)
+        if self.t.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.t.clip_grad_norm))  # ()
+            if not self.scaler.is_enabled():  # fp16: the GradScaler skips the steps of non-finite gradients itself
+                checked["grad_norm"] = norm
+        if not self._finite(checked):  # checked once per step (one sync), before anything reaches the weights
             self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled() and self.t.clip_grad_norm:
+                self.scaler.update()  # unscale_ ran: the scaler takes the inf it found and is ready again
             self.skipped_steps += 1
             self.scheduler.step()  # the schedule follows the step count, skipped or not
             return None
-        if self.t.clip_grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.t.clip_grad_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -248,7 +255,8 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _finite(self, losses: dict[str, Tensor]) -> bool:
-        """One host sync per step: a non-finite loss must stop (or skip) before it reaches the weights."""
+        """One host sync per step: a non-finite loss (or, with clipping in fp32 / bf16, gradient norm
+        `grad_norm`) must stop (or skip) before it reaches the weights."""
         loss = sum(losses.values())
         finite = torch.isfinite(loss).float()
         if dist.is_available() and dist.is_initialized():  # every rank must take the same decision
@@ -260,9 +268,10 @@ class Trainer:
             log.warning("step %d: non-finite loss %s; step skipped (%d so far)", self.step + 1, bad,
                         self.skipped_steps + 1)
             return False
+        precision = f", or run trainer.precision=fp32 (this run is {self.precision})" if self.precision != "fp32" else ""
         raise NonFiniteLoss(
             f"non-finite loss at step {self.step + 1}: {', '.join(f'{k}={v}' for k, v in bad.items())}. "
-            f"Lower trainer.optimizer.lr, check the data (`data.*`), or set trainer.on_nonfinite=skip."
+            f"Lower trainer.optimizer.lr, check the data (`data.*`), set trainer.on_nonfinite=skip{precision}."
         )
 
     def batches(self):
@@ -394,7 +403,7 @@ class Trainer:
         stop = False
         model = self.ema.module if self.ema is not None else self.model
         t0 = time.perf_counter()
-        result = evaluation(model, self.val_loader, self.device, self.precision, self.t.channels_last,
+        result = evaluation(model, self.val_loader, self.device, self.eval_precision, self.t.channels_last,
                             self.meta.get("class_names"))
         metrics = result.metrics
         num_classes = len(self.meta.get("class_names", []))  # F1-optimal score thresholds in label order, None:
@@ -514,17 +523,20 @@ class Trainer:
         set_rng_state(per_rank[rank] if len(per_rank) == self.world else ckpt["rng"])
 
 
-def describe_precision(configured: str, resolved: str, device: torch.device) -> str:
-    """The log line's words: what the run computes in and, for trainer.precision=auto, why."""
+def describe_precision(configured: str, resolved: str, device: torch.device, evaluation: str | None = None) -> str:
+    """The log line's words: what the run trains (and evaluates) in and, for trainer.precision=auto, why."""
+    evals = f", evaluations in {evaluation}" if evaluation and evaluation != resolved else ""
     if configured != "auto":
-        return f"{resolved} (trainer.precision={configured})"
+        return f"{resolved}{evals} (trainer.precision={configured})"
     if device.type == "cpu":
-        forced = os.environ.get(CPU_BF16_ENV, "").strip() == "0"
-        why = f"the CPU has bf16 instructions: {cpu_bf16()}" if resolved == "bf16" else \
-            f"{CPU_BF16_ENV}=0" if forced else f"the CPU lacks bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"
-    else:
-        why = f"torch.cuda.is_bf16_supported() is {resolved == 'bf16'} on {device}"
-    return f"{resolved} (trainer.precision=auto: {why}; trainer.precision=fp32 forces fp32)"
+        bf16 = cpu_bf16()
+        why = ("training in fp32 on a CPU (bf16 training lost val mAP in detcli's check); "
+               + (f"evaluations in bf16: the CPU has bf16 instructions ({bf16})" if bf16 else
+                  f"{CPU_BF16_ENV}=0" if os.environ.get(CPU_BF16_ENV, "").strip() == "0" else
+                  f"the CPU lacks bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"))
+        return f"{resolved}{evals} (trainer.precision=auto: {why}; trainer.precision=bf16 trains in bf16)"
+    why = f"torch.cuda.is_bf16_supported() is {resolved == 'bf16'} on {device}"
+    return f"{resolved}{evals} (trainer.precision=auto: {why}; trainer.precision=fp32 forces fp32)"
 
 
 def _peak_memory_gb(device: torch.device) -> float:

@@ -65,7 +65,9 @@ def run(cfg: DictConfig) -> float:
         dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
         names, cat_ids, source = list(meta["class_names"]), list(meta["cat_ids"]), str(cfg.checkpoint)
         loader = data.val_loader(dataset, pad_value=pad_value(model.pixel_mean))  # padded as in training
-        dets, gts, metas = collect(model, loader, device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        dets, gts, metas = collect(model, loader, device, str(cfg.precision), bool(cfg.channels_last))
         write_detections(out / "detections.json", dets, metas, cat_ids)
     result = score(dets, gts, names)
     thresholds = f1_thresholds(dets, gts, len(names))

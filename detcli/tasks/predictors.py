@@ -28,7 +28,7 @@ from torch import Tensor
 from detcli.data.collate import pad_value
 from detcli.engine.evaluator import to_original
 from detcli.engine.ort_session import inference_session
-from detcli.engine.utils import resolve_device
+from detcli.engine.utils import autocast_dtype, resolve_device
 from detcli.errors import ConfigError
 from detcli.tasks.common import load_model
 
@@ -56,11 +56,19 @@ class TorchPredictor:
         self.model.postprocess.score_thresh = thresh
         self.data_cfg, self.pad, self.canvas = self.ckpt_cfg.data, pad_value(self.model.pixel_mean), None
         self.path = str(cfg.checkpoint)
+        self.dtype = autocast_dtype(str(cfg.get("precision", "fp32")), self.device)
+        self.channels_last = bool(cfg.get("channels_last", False))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> list[dict[str, Tensor]]:
         images = batch["images"].to(self.device, non_blocking=True)
-        return to_original(self.model(images, image_sizes=batch["image_sizes"].to(self.device)), batch)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            dets = self.model(images, image_sizes=batch["image_sizes"].to(self.device))
+        return to_original(dets, batch)
 
 
 class OnnxPredictor:
