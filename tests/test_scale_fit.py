@@ -101,3 +101,12 @@ def test_data_check_scale_fit_names_the_fix(tmp_path):
         fit = json.loads((tmp_path / head / "data_check.json").read_text())["scale_fit"]
         assert "recall ceiling" in proc.stdout and fit["all"]["ceiling"] == ceiling
         assert fit["detector"].startswith(f"head {name}")
+
+
+def test_a_detector_that_cannot_be_built_skips_the_scale_fit_only(tmp_path):
+    args = fixture(tmp_path)
+    proc = detcli("data", "check", *args, "loss.assigner.size_ranges=[[0,64]]", "plots=false",
+                  f"hydra.run.dir={tmp_path}/run")
+    assert "scale fit: skipped" in proc.stdout and "size_ranges has 1 ranges" in proc.stdout
+    report = json.loads((tmp_path / "run" / "data_check.json").read_text())
+    assert "scale_fit" not in report and report["summary"]["train"]["boxes"] == 4

@@ -17,7 +17,7 @@ from detcli.build import instantiate_group
 from detcli.data.checks import apply_policy, report
 from detcli.engine import scale_fit
 from detcli.engine.plots import box_statistics
-from detcli.errors import ConfigError
+from detcli.errors import ConfigError, DetcliError
 from detcli.tasks.common import run_dir
 
 
@@ -44,7 +44,10 @@ def run(cfg: DictConfig) -> int:
     result = {"summary": summary, "defects": [{"split": s, "file": d.file, "where": d.where, "problem": d.problem}
                                               for s, d in found]}
     if cfg.scale_fit.enabled:
-        result["scale_fit"] = scale_fit_report(cfg, checked, data, console)
+        try:
+            result["scale_fit"] = scale_fit_report(cfg, checked, data, console)
+        except DetcliError as e:  # a detector the config cannot build: the data report still comes out
+            console.print(f"[yellow]scale fit: skipped, the detector could not be built: {e}")
     (out / "data_check.json").write_text(json.dumps(result, indent=1) + "\n")
     if not found:
         console.print("[green]no defects found")
