@@ -72,11 +72,12 @@ def finished(run_dir: Path, steps: int, batch: int) -> dict | None:
 
 
 def train(name: str, data: Path, args) -> dict:
-    run_dir = (args.workdir / f"{args.experiment or args.head}_{name}").resolve()
+    seed = f"_seed{args.seed}" if args.seed else ""
+    run_dir = (args.workdir / f"{args.experiment or args.head}_{name}{seed}").resolve()
     result = finished(run_dir, args.steps, args.batch) if args.reuse else None
     if result is None:
         model = [f"experiment={args.experiment}"] if args.experiment else HEADS[args.head]
-        result = run_detcli(name, ROOT, data, args, run_dir, extra=(*model, *RUNS[name]))
+        result = run_detcli(name, ROOT, data, args, run_dir, extra=(*model, *RUNS[name], f"seed={args.seed}"))
     return {**result, "precision": resolved_precision(run_dir)}
 
 
@@ -127,6 +128,7 @@ def main() -> None:
     p.add_argument("--synthetic", action="store_true", help="a generated stand-in for the wheel (smoke test)")
     p.add_argument("--cache", type=Path, default=Path("runs/bench/cache"))
     p.add_argument("--workdir", type=Path, default=Path("runs/bench/cpu_precision"), help="the run folders")
+    p.add_argument("--seed", type=int, default=0, help="detcli's seed (init, data order) of both runs")
     p.add_argument("--reuse", action="store_true", help="re-score runs of the same length already in --workdir")
     p.add_argument("--out", default="runs/bench/cpu_precision.json")
     args = p.parse_args()

@@ -267,8 +267,9 @@ def print_quantized(path: Path, block: dict) -> None:
     """The int8 graph's line: where it is, its check and its mAP change."""
     check_ = block["check"]
     matched = [f["matched"] for f in check_["inputs"] if f["matched"] is not None]
-    line = (f"int8 graph {path.parent / block['graph']}: {min(matched, default=float('nan')):.0%} of PyTorch's "
-            f"detections found again (IoU >= {check_['inputs'][0]['match_iou']}), largest |box difference| "
+    found = (f"{min(matched):.0%} of PyTorch's detections found again (IoU >= {check_['inputs'][0]['match_iou']})"
+             if matched else "PyTorch detected nothing on the check images to compare with")
+    line = (f"int8 graph {path.parent / block['graph']}: {found}, largest |box difference| "
             f"{check_['max_abs_box_diff']:.3g} px")
     if "map_change" in block:
         line += (f"; mAP {block['map_fp32']:.4f} (fp32 graph) -> {block['map_int8']:.4f} (int8), "
