@@ -48,7 +48,7 @@ def test_auto_on_a_cpu_infers_as_its_bf16_instructions_allow_and_trains_in_fp32(
     cpu_flags(flags, capability)
     assert resolve_precision("auto", CPU, inference=True) == expected
     assert autocast_dtype("auto", CPU) == (torch.bfloat16 if expected == "bf16" else None)  # running a model
-    assert resolve_precision("auto", CPU) == "fp32"  # training: bf16 lost val mAP (scripts/check_cpu_precision.py)
+    assert resolve_precision("auto", CPU) == "fp32"  # training (scripts/check_cpu_precision.py)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

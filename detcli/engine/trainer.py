@@ -530,7 +530,7 @@ def describe_precision(configured: str, resolved: str, device: torch.device, eva
         return f"{resolved}{evals} (trainer.precision={configured})"
     if device.type == "cpu":
         bf16 = cpu_bf16()
-        why = ("training in fp32 on a CPU (bf16 training lost val mAP in detcli's check); "
+        why = ("training in fp32 on a CPU (bf16 training did not keep val mAP within 0.5 point in detcli's check); "
                + (f"evaluations in bf16: the CPU has bf16 instructions ({bf16})" if bf16 else
                   f"{CPU_BF16_ENV}=0" if os.environ.get(CPU_BF16_ENV, "").strip() == "0" else
                   f"the CPU lacks bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"))
