@@ -29,8 +29,7 @@ def collate(samples: list, size_divisible: int = 32, pad_value: tuple = PAD_VALU
     sizes = torch.tensor([im.shape[-2:] for im in images], dtype=torch.long)  # (B, 2) content h, w
     orig = torch.tensor([m.get("orig_size", im.shape[-2:]) for im, m in zip(images, metas)],
                         dtype=torch.long)  # (B, 2) original h, w
-    least = canvas or (0, 0)
-    H, W = (math.ceil(max(int(sizes[:, k].max()), least[k]) / size_divisible) * size_divisible for k in (0, 1))
+    H, W = padded_size(int(sizes[:, 0].max()), int(sizes[:, 1].max()), size_divisible, canvas)
     M = max((len(t["labels"]) for t in targets), default=0)
     batch_images = torch.tensor(pad_value, dtype=torch.uint8).view(1, 3, 1, 1).repeat(B, 1, H, W)  # (B, 3, H, W)
     boxes = torch.zeros(B, M, 4, dtype=torch.float32)
@@ -51,6 +50,12 @@ def collate(samples: list, size_divisible: int = 32, pad_value: tuple = PAD_VALU
         "scale": (sizes / orig).flip(1).repeat(1, 2).float(),  # (B, 4)
         "meta": list(metas),
     }
+
+
+def padded_size(h: int, w: int, size_divisible: int, canvas: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The input (H, W) content of (h, w) is padded to: at least `canvas`, rounded up to `size_divisible`."""
+    least = canvas or (0, 0)
+    return tuple(math.ceil(max(n, m) / size_divisible) * size_divisible for n, m in zip((h, w), least))
 
 
 def canvas_size(image_size, letterbox: bool) -> tuple[int, int] | None:

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detcli.build import build_model
-from detcli.data.collate import canvas_size
+from detcli.data.collate import canvas_size, padded_size
 from detcli.data.transforms import image_size_of, resized_size
 
 SIZE_BUCKETS = ("small", "medium", "large")  # COCO areas in original pixels: < 32^2, < 96^2, >= 96^2
@@ -84,9 +84,7 @@ def fit(cfg: DictConfig, records: list, num_classes: int) -> Fit:
         # the training transforms clamp the boxes into the image and drop those under 1 px
         scaled = np.clip(scaled, 0, [w, h, w, h]).astype(np.float32)
         keep = ((scaled[:, 2] - scaled[:, 0]) >= 1) & ((scaled[:, 3] - scaled[:, 1]) >= 1)
-        H, W = (max(h, canvas[0]), max(w, canvas[1])) if canvas else (h, w)
-        key = (math.ceil(H / divisible) * divisible, math.ceil(W / divisible) * divisible)
-        groups.setdefault(key, []).append((i, scaled, keep))
+        groups.setdefault(padded_size(h, w, divisible, canvas), []).append((i, scaled, keep))
     reached = [np.zeros(len(labels), dtype=bool) for labels, _ in counted]
     for size, items in groups.items():
         priors_per_image = 4 * size[0] * size[1] // 16  # an upper bound of points / anchors, for the batch size
