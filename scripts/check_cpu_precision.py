@@ -22,6 +22,7 @@ script's `run_detcli` (a `python -m detcli train` subprocess given only the data
     python scripts/check_cpu_precision.py --threads 2 --steps 400        # FCOS-R18: ~15 + 8 min
     python scripts/check_cpu_precision.py --head yolox --threads 2
     python scripts/check_cpu_precision.py --experiment yolox_tiny --steps 1500 --reuse   # re-score finished runs
+    python scripts/check_cpu_precision.py --experiment yolox_tiny --steps 1500 --seed 0,1,2,3 --reuse  # the mean
     python scripts/check_cpu_precision.py --synthetic --steps 2 --size 64 --batch 2   # a smoke run, no network
 
 A yolox_tiny run of 1500 steps takes ~10 min in fp32 on 2 cores of this AMD EPYC (avx512_bf16, no AMX) and
@@ -114,6 +115,46 @@ def show(results: dict, evals: dict, verdicts: list[dict], title: str) -> None:
               f"|diff| {'<=' if v['pass'] else '>'} {TOLERANCE}" + (f" ({v['note']})" if v["note"] else ""))
 
 
+def check_seed(seed: int, data: Path, stats: dict, args) -> dict:
+    """The fp32 / bf16 pair of one seed: its runs, their evaluations and the three verdicts, shown."""
+    args.seed = seed
+    results = {name: train(name, data, args) for name in RUNS}
+    evals = {name: {k: evaluate(r, setting, data, args) for k, setting in EVALS.items()} for name, r in results.items()}
+    speed = results["bf16"]["train_img_per_s"] / results["fp32"]["train_img_per_s"] \
+        if results["bf16"]["train_img_per_s"] and results["fp32"]["train_img_per_s"] else None
+    checks = [verdict(results["fp32"], results["bf16"], f"bf16 training ({speed or 0:.2f}x img/s) vs fp32 training"),
+              verdict(evals["fp32"]["fp32"], evals["fp32"]["default"], "inference default vs fp32, fp32-trained model"),
+              verdict(evals["bf16"]["fp32"], evals["bf16"]["default"], "inference default vs fp32, bf16-trained model")]
+    model = f"experiment={args.experiment}" if args.experiment else f"{args.head.upper()}-R18"
+    show(results, evals, checks, f"{model} from scratch, seed {seed}, {args.steps} steps x {args.batch} x {args.size} "
+                                 f"px, tree crowns ({stats['val']['boxes']} val boxes), cpu, "
+                                 f"{torch.get_num_threads()} thread(s)")
+    return {"runs": results, "evals": evals, "verdicts": checks, "speed": speed}
+
+
+def summary(per_seed: dict[int, dict]) -> list[dict]:
+    """Each verdict over the seeds: the mean difference decides (one seed's run-to-run noise on a small val set
+    is as large as the bar), with the spread shown."""
+    out = []
+    for i, first in enumerate(next(iter(per_seed.values()))["verdicts"]):
+        diffs = [r["verdicts"][i]["map_points"] for r in per_seed.values()]
+        mean = sum(diffs) / len(diffs)
+        out.append({"what": first["what"].split(" (")[0], "seeds": list(per_seed), "map_points": diffs,
+                    "mean_points": mean, "min_points": min(diffs), "max_points": max(diffs),
+                    "tolerance_points": TOLERANCE, "pass": abs(mean) <= TOLERANCE})
+    speeds = [r["speed"] for r in per_seed.values() if r["speed"]]
+    if speeds:
+        out[0]["speed"] = sum(speeds) / len(speeds)
+    fp32 = [100 * r["runs"]["fp32"]["map"] for r in per_seed.values()]
+    print(f"\nover {len(per_seed)} seed(s) {list(per_seed)}: fp32 training reaches {min(fp32):.2f}-{max(fp32):.2f} mAP "
+          f"(its own seed-to-seed spread {max(fp32) - min(fp32):.2f})")
+    for v in out:
+        print(f"{'PASS' if v['pass'] else 'FAIL'}: {v['what']}: mean mAP {v['mean_points']:+.2f} point(s) "
+              f"(per seed {', '.join(f'{d:+.2f}' for d in v['map_points'])}), |mean| "
+              f"{'<=' if v['pass'] else '>'} {TOLERANCE}")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=400, help="optimizer steps of each run (~15 min on 2 cores)")
@@ -128,27 +169,26 @@ def main() -> None:
     p.add_argument("--synthetic", action="store_true", help="a generated stand-in for the wheel (smoke test)")
     p.add_argument("--cache", type=Path, default=Path("runs/bench/cache"))
     p.add_argument("--workdir", type=Path, default=Path("runs/bench/cpu_precision"), help="the run folders")
-    p.add_argument("--seed", type=int, default=0, help="detcli's seed (init, data order) of both runs")
+    p.add_argument("--seed", default="0", help="detcli's seed (init, data order) of both runs; a comma list "
+                                               "(0,1,2,3) checks a pair per seed and decides on the mean difference")
     p.add_argument("--reuse", action="store_true", help="re-score runs of the same length already in --workdir")
     p.add_argument("--out", default="runs/bench/cpu_precision.json")
     args = p.parse_args()
     args.device, args.wall_clock = "cpu", None  # what bench_accuracy's run_detcli reads besides these
+    seeds = [int(s) for s in str(args.seed).split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     data = dataset(args, args.cache.resolve())
     stats = dataset_stats(data)
-    results = {name: train(name, data, args) for name in RUNS}
-    evals = {name: {k: evaluate(r, setting, data, args) for k, setting in EVALS.items()} for name, r in results.items()}
-    speed = results["bf16"]["train_img_per_s"] / results["fp32"]["train_img_per_s"] \
-        if results["bf16"]["train_img_per_s"] and results["fp32"]["train_img_per_s"] else None
-    checks = [verdict(results["fp32"], results["bf16"], f"bf16 training ({speed or 0:.2f}x img/s) vs fp32 training"),
-              verdict(evals["fp32"]["fp32"], evals["fp32"]["default"], "inference default vs fp32, fp32-trained model"),
-              verdict(evals["bf16"]["fp32"], evals["bf16"]["default"], "inference default vs fp32, bf16-trained model")]
-    model = f"experiment={args.experiment}" if args.experiment else f"{args.head.upper()}-R18"
-    show(results, evals, checks, f"{model} from scratch, {args.steps} steps x {args.batch} x {args.size} px, "
-                     f"tree crowns ({stats['val']['boxes']} val boxes), cpu, {torch.get_num_threads()} thread(s)")
+    per_seed = {seed: check_seed(seed, data, stats, args) for seed in seeds}
+    args.seed = seeds if len(seeds) > 1 else seeds[0]
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "data": {"path": str(data), **stats}, "runs": results, "evals": evals, "verdicts": checks}
+              "data": {"path": str(data), **stats}}
+    if len(seeds) == 1:
+        result.update({k: per_seed[seeds[0]][k] for k in ("runs", "evals", "verdicts")})
+    else:
+        result["seeds"] = {str(seed): {k: r[k] for k in ("runs", "evals", "verdicts")} for seed, r in per_seed.items()}
+        result["summary"] = summary(per_seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")

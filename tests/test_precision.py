@@ -163,6 +163,18 @@ def test_check_cpu_precision_smoke(tmp_path, cache_dir):
     proc = subprocess.run([*script, *args, "--reuse"], capture_output=True, text=True, env=env, timeout=600,
                           check=False)
     assert proc.returncode == 0 and json.loads(out.read_text())["runs"]["fp32"]["code"] == "reused"
+    # several seeds: seed 0 reused, seed 1 trained; the verdict is on the mean difference over the seeds
+    proc = subprocess.run([*script, *args, "--reuse", "--seed", "0,1"], capture_output=True, text=True, env=env,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    seeds, summary = result["seeds"], result["summary"]
+    assert seeds["0"]["runs"]["fp32"]["code"] == "reused" and seeds["1"]["runs"]["fp32"]["code"] != "reused"
+    diffs = [100 * (seeds[k]["runs"]["bf16"]["map"] - seeds[k]["runs"]["fp32"]["map"]) for k in ("0", "1")]
+    assert summary[0]["map_points"] == pytest.approx(diffs) and summary[0]["seeds"] == [0, 1]
+    assert summary[0]["mean_points"] == pytest.approx(sum(diffs) / 2)
+    assert summary[0]["pass"] == (abs(summary[0]["mean_points"]) <= 0.5) and len(summary) == 3
+    assert "over 2 seed(s) [0, 1]" in proc.stdout and "mean mAP" in proc.stdout
 
 
 def test_extra_level_conv_on_a_1x1_map_has_finite_bf16_gradients():

@@ -47,10 +47,10 @@ def resolve_precision(precision: str, device: torch.device, inference: bool = Fa
     - on a CUDA GPU: bf16 where torch.cuda.is_bf16_supported(), else fp32 (training and inference);
     - on a CPU: for inference, bf16 where `cpu_bf16()` finds the instructions, else fp32; for training, fp32.
       Measured with scripts/check_cpu_precision.py (YOLOX-tiny, tree-crown photos, 1500 steps, this
-      avx512_bf16 CPU, two seeds): bf16 training ran 1.3-1.5x faster and moved val mAP by -2.17 and +0.97
-      points (mean -0.60; fp32 itself moves 0.76 between the seeds), so it is not shown to keep accuracy
-      within 0.5 point; bf16 inference moved it by -0.13, +0.03 (fp32 models), +0.23, -0.20 (bf16 models)
-      at ~1.6-1.9x the speed.
+      avx512_bf16 CPU, three seeds): bf16 training ran 1.3-1.5x faster and moved val mAP by -2.17, +0.97 and
+      -2.67 points (mean -1.29; fp32 itself spans 0.76 over the seeds), so it does not keep accuracy within
+      0.5 point; bf16 inference moved it by -0.13, +0.03, -0.11 (fp32 models) and +0.23, -0.20, +0.00 (bf16
+      models) at ~1.6-1.9x the speed.
     The environment variable DETCLI_CPU_BF16=1 (or 0) takes the CPU as having bf16 instructions (or not)
     whatever it has: for tests, or a machine whose flags mislead."""
     if precision != "auto":
