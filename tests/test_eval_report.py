@@ -40,6 +40,22 @@ def test_eval_writes_the_report_and_a_results_file_scores_the_same(trained_run, 
     assert again["per_class"] == model["per_class"] and again["checkpoint"] is not None
 
 
+def test_eval_sets_postprocess_keys_over_the_checkpoints(trained_run, tmp_path):
+    ckpt = f"checkpoint={trained_run}/checkpoints/best.pt"
+    detcli("eval", ckpt, "postprocess.nms_thresh=0.3", "postprocess.vote_iou=0.6", "postprocess.max_det=2",
+           "worst=0", "plots=false", f"hydra.run.dir={tmp_path}/pp")
+    model = json.loads((tmp_path / "pp" / "metrics.json").read_text())
+    assert model["postprocess"]["nms_thresh"] == 0.3 and model["postprocess"]["vote_iou"] == 0.6
+    assert model["postprocess"]["score_thresh"] == 0.05  # kept: the checkpoint's (head=fcos)
+    per_image = {}
+    for d in json.loads((tmp_path / "pp" / "detections.json").read_text()):
+        per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
+    assert per_image and max(per_image.values()) <= 2
+    # a key FCOS's postprocess does not have (Faster R-CNN's min_size): named, with the keys it has
+    proc = detcli("eval", ckpt, "postprocess.min_size=1", f"hydra.run.dir={tmp_path}/bad", check=False)
+    assert proc.returncode != 0 and "postprocess.min_size" in proc.stderr and "vote_iou" in proc.stderr
+
+
 def test_eval_without_checkpoint_or_detections_says_what_it_needs(tmp_path, cache_dir):
     proc = detcli("eval", f"hydra.run.dir={tmp_path}/e", check=False)
     assert proc.returncode != 0 and "checkpoint=PATH" in proc.stderr and "detections=" in proc.stderr

@@ -1,5 +1,6 @@
-"""From head outputs to detections, for the whole batch at once: the shared NMS and the one-stage
-selection (top-k per level, threshold, NMS); each head's own decoding (scores, boxes) beside its head.
+"""From head outputs to detections, for the whole batch at once: the shared NMS (and box voting after it)
+and the one-stage selection (top-k per level, threshold, NMS); each head's own decoding (scores, boxes)
+beside its head.
 
 The output has a fixed shape, (B, max_det) per image padded with score 0 and label -1, so the same
 code runs in training-time evaluation, predict and the exported ONNX graph (dynamic batch axis, and
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.onnx.operators import shape_as_tensor
 from torchvision.ops import batched_nms
+
+from detcli.ops.boxes import batched_box_iou
 
 
 class BatchedNMS(torch.autograd.Function):
@@ -58,12 +61,15 @@ def topk_size(x: Tensor, k: int, dim: int = 1):
 
 
 def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det: int,
-             num_classes: int) -> dict[str, Tensor]:
-    """Class-wise NMS inside each image, then the best `max_det` per image.
+             num_classes: int, vote_iou: float | None = None) -> dict[str, Tensor]:
+    """Class-wise NMS inside each image, then the best `max_det` per image; with `vote_iou`, each kept box
+    moved to the score-weighted mean of the candidates of its class overlapping it by IoU >= vote_iou
+    (box voting, `vote_boxes`).
 
     boxes (B, K, 4), scores (B, K) with invalid candidates < 0, labels (B, K) in [0, C).
     """
     B, K = scores.shape
+    all_boxes, all_scores, all_labels = boxes, scores, labels  # (B, K, 4), (B, K), (B, K): the voters
     if in_graph():  # a graph: dense (B, C, K) scores, as ONNX's NMS
         class_scores = torch.zeros(B, num_classes, K, dtype=scores.dtype, device=scores.device)
         class_scores.scatter_(1, labels[:, None, :], scores.clamp(min=0)[:, None, :])  # (B, C, K)
@@ -94,11 +100,35 @@ def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det:
         top_scores = F.pad(top_scores, (0, max_det - top_idx.shape[1]), value=-1.0)
         top_idx = F.pad(top_idx, (0, max_det - top_idx.shape[1]))
     found = top_scores >= 0
+    top_boxes = torch.gather(boxes, 1, top_idx[..., None].expand(-1, -1, 4))  # (B, D, 4)
+    if vote_iou is not None:
+        top_boxes = vote_boxes(top_boxes, torch.gather(labels, 1, top_idx), all_boxes, all_scores, all_labels,
+                               vote_iou)
     return {
-        "boxes": torch.gather(boxes, 1, top_idx[..., None].expand(-1, -1, 4)) * found[..., None],
+        "boxes": top_boxes * found[..., None],
         "scores": top_scores.clamp(min=0),
         "labels": torch.where(found, torch.gather(labels, 1, top_idx), torch.full_like(top_idx, -1)),
     }
+
+
+def vote_boxes(kept: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
+               vote_iou: float) -> Tensor:
+    """Box voting: each kept box becomes the mean of the candidates of its class (itself included) that
+    overlap it by IoU >= vote_iou, weighted by score x IoU (YOLOv5's merge-NMS weights). Batched, plain
+    tensor ops, so it exports as it runs.
+
+    kept (B, D, 4), kept_labels (B, D); boxes (B, K, 4), scores (B, K) (< 0: not a candidate), labels (B, K).
+    """
+    if not in_graph():  # eager: the voters compacted to the candidates (a two-stage head has S x C, most not)
+        scores, idx = scores.topk(max(int((scores > 0).sum(1).max()), 1), dim=1)  # (B, K')
+        boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))  # (B, K', 4)
+        labels = torch.gather(labels, 1, idx)  # (B, K')
+    overlap = batched_box_iou(kept, boxes)  # (B, D, K)
+    same = (kept_labels[:, :, None] == labels[:, None, :]) & (scores[:, None, :] > 0)  # (B, D, K)
+    weights = torch.where(same & (overlap >= vote_iou), overlap * scores[:, None, :], torch.zeros_like(overlap))
+    total = weights.sum(2, keepdim=True)  # (B, D, 1)
+    voted = torch.bmm(weights, boxes) / total.clamp(min=1e-12)  # (B, D, 4)
+    return torch.where(total > 0, voted, kept)
 
 
 def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
@@ -110,7 +140,8 @@ def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
 
 class DensePostprocess(nn.Module):
     """Detections from the dense per-point predictions of a one-stage head: the best `topk_per_level`
-    (point, class) scores of each level, clipped boxes, a score threshold, class-wise NMS, `max_det`.
+    (point, class) scores of each level, clipped boxes, a score threshold, class-wise NMS, `max_det`, box
+    voting with `vote_iou`.
     A head's postprocess defines `scores_and_boxes` (its decoding) and inherits the rest."""
 
     def __init__(
@@ -120,9 +151,11 @@ class DensePostprocess(nn.Module):
         topk_per_level: int = 1000,
         nms_thresh: float = 0.6,
         max_det: int = 100,
+        vote_iou: float | None = None,
     ):
         super().__init__()
         self.num_classes = num_classes
+        self.vote_iou = vote_iou
         self.score_thresh = score_thresh
         self.topk_per_level = topk_per_level
         self.nms_thresh = nms_thresh
@@ -149,7 +182,8 @@ class DensePostprocess(nn.Module):
         boxes = clip_boxes(torch.cat(cand_boxes, 1), image_sizes)  # (B, K, 4)
         scores = torch.cat(cand_scores, 1)  # (B, K)
         scores = torch.where(scores >= self.score_thresh, scores, torch.full_like(scores, -1.0))
-        return nms_topk(boxes, scores, torch.cat(cand_labels, 1), self.nms_thresh, self.max_det, C)
+        return nms_topk(boxes, scores, torch.cat(cand_labels, 1), self.nms_thresh, self.max_det, C,
+                        self.vote_iou)
 
 
 def __getattr__(name: str):

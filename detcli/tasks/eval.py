@@ -9,6 +9,8 @@ dataset's image and category ids, x, y, w, h in original pixels), pr_curve.png a
 worst/<rank>_<file stem>.jpg: the `worst` images with the most missed + false boxes at those thresholds
 (tasks/worst.py); prints the summary and per-class tables. `detections=FILE` scores that file instead of running a model: against the checkpoint's val
 set when `checkpoint=` is given too, else against the configured data (`data=coco data.val_ann=...`).
+`postprocess.KEY=VALUE` (NMS threshold, box voting, ...) is set over the checkpoint's postprocess, and
+metrics.json records the postprocess used (`postprocess`).
 
 The val labels follow the checkpoint's classes (by id for COCO, by name for VOC / YOLO). Defects of the
 val set are counted in metrics.json (`val_defects`, `val_note`): data.on_bad never rewrites its ground
@@ -20,7 +22,7 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -52,18 +54,20 @@ def run(cfg: DictConfig) -> float:
     if not cfg.get("checkpoint") and not cfg.get("detections"):
         raise ConfigError("detcli eval needs checkpoint=PATH (a detcli checkpoint to evaluate) or "
                           "detections=RESULTS.json (a COCO results file to score against data.val_ann / data.root).")
+    postprocess = None  # the postprocess the detections came from (the checkpoint's, with postprocess.KEY=...)
     if cfg.get("detections"):
         dataset, names, cat_ids, source = results_mode(cfg)
         dets, gts = read_results(Path(str(cfg.detections)), dataset, cat_ids)
         metas = [{"image_id": r.image_id, "file_name": r.file_name} for r in dataset.records]
     else:
-        model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device)
+        model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device, cfg.get("postprocess"))
         data_cfg = data_config(cfg, ckpt_cfg)
         if cfg.batch_size:
             data_cfg.val_batch_size = int(cfg.batch_size)
         data = instantiate_group("data", data_cfg)
         dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
         names, cat_ids, source = list(meta["class_names"]), list(meta["cat_ids"]), str(cfg.checkpoint)
+        postprocess = {k: v for k, v in OmegaConf.to_container(ckpt_cfg.postprocess).items() if k != "_target_"}
         loader = data.val_loader(dataset, pad_value=pad_value(model.pixel_mean))  # padded as in training
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -77,7 +81,7 @@ def run(cfg: DictConfig) -> float:
     matrix = confusion_matrix(dets, gts, len(names), float(conf.score_thresh), float(conf.iou_thresh))
     report = {"checkpoint": str(cfg.checkpoint) if cfg.get("checkpoint") else None,
               "detections": str(cfg.detections) if cfg.get("detections") else None,
-              "images": len(gts), **result.stats, "per_class": result.per_class,
+              "postprocess": postprocess, "images": len(gts), **result.stats, "per_class": result.per_class,
               "confusion_matrix": {"rows": "predicted", "columns": "true", "labels": [*names, "background"],
                                    "score_thresh": float(conf.score_thresh), "iou_thresh": float(conf.iou_thresh),
                                    "counts": matrix.tolist()},

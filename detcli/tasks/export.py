@@ -209,7 +209,7 @@ def run(cfg: DictConfig) -> float:
         raise ConfigError(f"format must be onnx or torchscript, got '{cfg.format}'.")
     nms, dynamic, half = export_options(cfg)
     quantize = quantize_options(cfg)
-    model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu")
+    model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu", cfg.get("postprocess"))
     reference = Exportable(model, nms).eval()
     exported = Exportable(copy.deepcopy(model).half(), nms).eval() if half else reference
     data_cfg = export_data_config(ckpt_cfg, cfg.image_size)

@@ -47,7 +47,7 @@ class TorchPredictor:
         if not cfg.get("checkpoint"):
             raise ConfigError("checkpoint=PATH is needed with predict.backend=torch (the default); "
                               "with predict.backend=onnx give predict.onnx=PATH instead.")
-        self.model, self.ckpt_cfg, meta, self.device = load_model(cfg.checkpoint, cfg.device)
+        self.model, self.ckpt_cfg, meta, self.device = load_model(cfg.checkpoint, cfg.device, cfg.get("postprocess"))
         self.model.postprocess.max_det = int(cfg.predict.max_det)
         self.class_names, self.cat_ids = meta["class_names"], meta["cat_ids"]
         self.thresholds = class_thresholds(cfg, meta.get("score_thresholds"), self.class_names, "checkpoint")

@@ -159,15 +159,15 @@ class FasterRCNNHead(nn.Module):
 class FasterRCNNPostprocess(nn.Module):
     """Softmax scores, the class-specific boxes decoded against the RoIs and clipped, candidates above
     `score_thresh` and at least `min_size` wide and high (the best `topk_candidates` of them when set: none by
-    default, as torchvision and detectron2), class-wise NMS, `max_det` per image; the same fixed-shape output
-    as the one-stage heads."""
+    default, as torchvision and detectron2), class-wise NMS, `max_det` per image, box voting with `vote_iou`;
+    the same fixed-shape output as the one-stage heads."""
 
     def __init__(self, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5, max_det: int = 100,
-                 min_size: float = 1e-2, topk_candidates: int | None = None):
+                 min_size: float = 1e-2, topk_candidates: int | None = None, vote_iou: float | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.score_thresh, self.nms_thresh, self.max_det = score_thresh, nms_thresh, max_det
-        self.min_size, self.topk_candidates = min_size, topk_candidates
+        self.min_size, self.topk_candidates, self.vote_iou = min_size, topk_candidates, vote_iou
 
     def decode(self, preds: dict) -> tuple[Tensor, Tensor]:
         """Softmax scores (B, S, C) without the background, 0 for padded RoIs, and the class-specific boxes
@@ -200,4 +200,4 @@ class FasterRCNNPostprocess(nn.Module):
             boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
         else:
             idx = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)  # (B, S*C)
-        return nms_topk(boxes, scores, idx % C, self.nms_thresh, self.max_det, C)
+        return nms_topk(boxes, scores, idx % C, self.nms_thresh, self.max_det, C, self.vote_iou)
