@@ -72,13 +72,13 @@ def finished(run_dir: Path, steps: int, batch: int) -> dict | None:
             "run_dir": str(run_dir)}
 
 
-def train(name: str, data: Path, args) -> dict:
-    seed = f"_seed{args.seed}" if args.seed else ""
-    run_dir = (args.workdir / f"{args.experiment or args.head}_{name}{seed}").resolve()
+def train(name: str, data: Path, args, seed: int) -> dict:
+    suffix = f"_seed{seed}" if seed else ""
+    run_dir = (args.workdir / f"{args.experiment or args.head}_{name}{suffix}").resolve()
     result = finished(run_dir, args.steps, args.batch) if args.reuse else None
     if result is None:
         model = [f"experiment={args.experiment}"] if args.experiment else HEADS[args.head]
-        result = run_detcli(name, ROOT, data, args, run_dir, extra=(*model, *RUNS[name], f"seed={args.seed}"))
+        result = run_detcli(name, ROOT, data, args, run_dir, extra=(*model, *RUNS[name], f"seed={seed}"))
     return {**result, "precision": resolved_precision(run_dir)}
 
 
@@ -117,8 +117,7 @@ def show(results: dict, evals: dict, verdicts: list[dict], title: str) -> None:
 
 def check_seed(seed: int, data: Path, stats: dict, args) -> dict:
     """The fp32 / bf16 pair of one seed: its runs, their evaluations and the three verdicts, shown."""
-    args.seed = seed
-    results = {name: train(name, data, args) for name in RUNS}
+    results = {name: train(name, data, args, seed) for name in RUNS}
     evals = {name: {k: evaluate(r, setting, data, args) for k, setting in EVALS.items()} for name, r in results.items()}
     speed = results["bf16"]["train_img_per_s"] / results["fp32"]["train_img_per_s"] \
         if results["bf16"]["train_img_per_s"] and results["fp32"]["train_img_per_s"] else None
@@ -181,8 +180,8 @@ def main() -> None:
     data = dataset(args, args.cache.resolve())
     stats = dataset_stats(data)
     per_seed = {seed: check_seed(seed, data, stats, args) for seed in seeds}
-    args.seed = seeds if len(seeds) > 1 else seeds[0]
-    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    recorded = {**vars(args), "seed": seeds if len(seeds) > 1 else seeds[0]}
+    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in recorded.items()},
               "data": {"path": str(data), **stats}}
     if len(seeds) == 1:
         result.update({k: per_seed[seeds[0]][k] for k in ("runs", "evals", "verdicts")})
