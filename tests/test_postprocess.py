@@ -75,6 +75,10 @@ def test_box_voting_averages_the_overlapping_candidates_of_the_class():
     w = torch.tensor([(100 / 120) * 0.9, 1.0 * 0.5, (120 / 190) * 0.4])
     ys = torch.tensor([10.0, 12.0, 19.0])
     torch.testing.assert_close(voted["boxes"][0, 2], torch.tensor([0.0, 0.0, 10.0, float((w * ys).sum() / w.sum())]))
+    # under bf16 autocast (training-time evaluation, predict) the coordinates stay fp32-exact
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = nms_topk(boxes * 20, scores, labels, iou=0.9, max_det=3, num_classes=2, vote_iou=0.6)
+    torch.testing.assert_close(auto["boxes"], voted["boxes"] * 20)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

@@ -127,7 +127,8 @@ def vote_boxes(kept: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor,
     same = (kept_labels[:, :, None] == labels[:, None, :]) & (scores[:, None, :] > 0)  # (B, D, K)
     weights = torch.where(same & (overlap >= vote_iou), overlap * scores[:, None, :], torch.zeros_like(overlap))
     total = weights.sum(2, keepdim=True)  # (B, D, 1)
-    voted = torch.bmm(weights, boxes) / total.clamp(min=1e-12)  # (B, D, 4)
+    # a sum of products, not bmm: autocast would run bmm in bf16 / fp16 and round the coordinates (1 px at 256)
+    voted = (weights[..., None] * boxes[:, None]).sum(2) / total.clamp(min=1e-12)  # (B, D, 4)
     return torch.where(total > 0, voted, kept)
 
 
