@@ -18,6 +18,8 @@ def test_yolox_multipliers_and_sizes():
     assert (nano.neck.width, nano.neck.depth, nano.neck.depthwise, nano.head.depthwise) == (0.25, 0.33, True, True)
     assert tiny.data.image_size == nano.data.image_size == 416 and tiny.data.letterbox
     assert (tiny.data.mosaic, nano.data.mosaic, tiny.data.mixup) == (1.0, 0.5, 0.0)
+    r18 = compose_train("experiment=yolox_r18")
+    assert (r18.data.mosaic, r18.data.mixup, r18.data.close_mosaic) == (1.0, 1.0, 0.1)  # YOLOX-s's augmentation
     sizes = {name: sum(p.numel() for p in build_model(compose_train(f"experiment={name}"), 80).parameters())
              for name in ("yolox_nano", "yolox_tiny", "yolox_s", "fcos_lite")}
     # YOLOX's published sizes at 80 classes: nano 0.91M, tiny 5.06M, s 9.0M (timm's CSP-Darknet has no SPP
