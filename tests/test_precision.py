@@ -159,6 +159,9 @@ def test_check_cpu_precision_smoke(tmp_path, cache_dir):
     training = verdicts[0]
     assert training["map_points"] == pytest.approx(100 * (runs["bf16"]["map"] - runs["fp32"]["map"]))
     assert training["pass"] == (abs(training["map_points"]) <= 0.5) and len(verdicts) == 3
+    assert 0 <= runs["fp32"]["train_map"] <= 1 and 0 <= runs["bf16"]["train_map"] <= 1  # scored on the training tiles
+    assert training["train_map_points"] == pytest.approx(100 * (runs["bf16"]["train_map"] - runs["fp32"]["train_map"]))
+    assert "on the training tiles" in proc.stdout
     assert ("PASS" if training["pass"] else "FAIL") in proc.stdout and "bf16 training" in proc.stdout
     proc = subprocess.run([*script, *args, "--reuse"], capture_output=True, text=True, env=env, timeout=600,
                           check=False)
@@ -173,6 +176,8 @@ def test_check_cpu_precision_smoke(tmp_path, cache_dir):
     diffs = [100 * (seeds[k]["runs"]["bf16"]["map"] - seeds[k]["runs"]["fp32"]["map"]) for k in ("0", "1")]
     assert summary[0]["map_points"] == pytest.approx(diffs) and summary[0]["seeds"] == [0, 1]
     assert summary[0]["mean_points"] == pytest.approx(sum(diffs) / 2)
+    fits = [seeds[k]["verdicts"][0]["train_map_points"] for k in ("0", "1")]
+    assert summary[0]["train_mean_points"] == pytest.approx(sum(fits) / 2)
     assert summary[0]["pass"] == (abs(summary[0]["mean_points"]) <= 0.5) and len(summary) == 3
     assert "over 2 seed(s) [0, 1]" in proc.stdout and "mean mAP" in proc.stdout
 
