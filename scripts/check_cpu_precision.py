@@ -163,7 +163,6 @@ def summary(per_seed: dict[int, dict]) -> list[dict]:
         print(f"{'PASS' if v['pass'] else 'FAIL'}: {v['what']}: mean mAP {v['mean_points']:+.2f} point(s) "
               f"(per seed {', '.join(f'{d:+.2f}' for d in v['map_points'])}), |mean| "
               f"{'<=' if v['pass'] else '>'} {TOLERANCE}")
-    fits = out[0]["train_map_points"]
     print(f"  {out[0]['what']} on the training tiles (fp32 eval): mean {out[0]['train_mean_points']:+.2f} point(s) "
           f"(per seed {', '.join(f'{d:+.2f}' for d in fits)})")
     return out
