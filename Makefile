@@ -37,7 +37,7 @@ lint: install
 
 # the manual (docs/) as a site in site/; --strict: any warning (a broken link, a page left out of nav) fails
 docs: install
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # the benchmarks' peers (ultralytics) are the optional `bench` extra, installed here only
 bench: install
