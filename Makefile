@@ -7,7 +7,7 @@ DEMO := runs/demo
 DEMO_ENV := DETCLI_CACHE=$(CURDIR)/runs/cache
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint docs bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test-all: install
 lint: install
 	$(BIN)/ruff check detcli tests scripts
 
+# the manual (docs/) as a site in site/; --strict: any warning (a broken link, a page left out of nav) fails
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # the benchmarks' peers (ultralytics) are the optional `bench` extra, installed here only
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
@@ -47,4 +51,4 @@ bench: install
 	$(BIN)/python scripts/bench_accuracy.py
 
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info
+	rm -rf $(VENV) runs build dist site *.egg-info
