@@ -10,6 +10,7 @@ import re
 import sys
 
 from detcli import __version__
+from detcli.config import config_dir
 
 COMMANDS = {
     "train": "train a detector: detcli train head=fcos backbone=resnet50 data=coco data.train_ann=...",
@@ -22,17 +23,6 @@ COMMANDS = {
     "compare": "finished runs side by side (config diff, metrics, curves): detcli compare RUN RUN... | SWEEP_DIR",
 }
 DATA_ACTIONS = ("check", "show")
-
-
-def config_dir() -> str:
-    """The shipped configs: detcli/configs in an installed wheel, the repo's configs/ in a source checkout."""
-    from pathlib import Path
-
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "configs", package.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"detcli's configs are missing next to {package}; reinstall detcli.")
 
 
 def usage() -> str:
@@ -101,7 +91,7 @@ def run_hydra(cmd: str, rest: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from detcli.engine import hooks
+    from detcli import sweeps
     from detcli.errors import DetcliError
 
     task = importlib.import_module(f"detcli.tasks.{cmd}")
@@ -117,9 +107,9 @@ def run_hydra(cmd: str, rest: list[str]) -> int:
             sys.exit(e.exit_code)
 
     sys.argv = [f"detcli {cmd}", *rest]
-    hooks.last_sweep_failures = 0
+    sweeps.last_sweep_failures = 0
     _run()
-    return 1 if hooks.last_sweep_failures else 0
+    return 1 if sweeps.last_sweep_failures else 0
 
 
 def _sweep_job(cmd: str, task, cfg):
@@ -127,7 +117,7 @@ def _sweep_job(cmd: str, task, cfg):
     sweeper gets None (a failed optuna trial) instead of an exception that would end the whole sweep."""
     from hydra.core.hydra_config import HydraConfig
 
-    from detcli.engine import hooks
+    from detcli import sweeps
     from detcli.errors import DetcliError
 
     out = HydraConfig.get().runtime.output_dir
@@ -139,7 +129,7 @@ def _sweep_job(cmd: str, task, cfg):
             print(f"detcli {cmd}: job {job} error: {e}", file=sys.stderr)
         else:  # not a user error: the traceback goes to the job's log
             logging.getLogger("detcli").exception("job %s failed", job)
-        hooks.job_failed(out, e)
+        sweeps.job_failed(out, e)
         return None
 
 

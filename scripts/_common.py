@@ -1,6 +1,6 @@
 """Shared by the benchmarks: build a detcli model from config overrides, the tables, and the ultralytics
 peer (an optional `bench` extra, imported lazily, offline). The measuring itself (timing, synthetic
-batches, the onnxruntime session, the training step) is detcli.engine.benchmark, which `detcli bench`
+batches, the onnxruntime session, the training step) is detcli.deploy.benchmark, which `detcli bench`
 uses too."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def compose_model(overrides: list[str], num_classes: int = 80):
     from hydra import compose, initialize_config_dir
 
     from detcli.build import build_model
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -28,7 +28,7 @@ def compose_model(overrides: list[str], num_classes: int = 80):
 def default_backbone(head: str) -> str:
     """The backbone a head is benchmarked on unless --backbone says otherwise: YOLOX on CSPDarknet-s
     where detcli has that preset, everything else on resnet18."""
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
 
     if head == "yolox" and (Path(config_dir()) / "backbone" / "cs3darknet_s.yaml").is_file():
         return "cs3darknet_s"

@@ -33,7 +33,7 @@ other runs' (--threads, else torch's default). Its last.pt (EMA weights) then pr
 at its validation defaults (conf 0.001, iou 0.7, max_det 300) at the same image size.
 
 torchvision's and ultralytics' detections are scored with the metric detcli's evaluator uses
-(COCO's protocol through faster-coco-eval, detcli/engine/coco_eval.py) on the same gt, crowd boxes included.
+(COCO's protocol through faster-coco-eval, detcli/evaluation/coco.py) on the same gt, crowd boxes included.
 
 The data: the four annotated images of deepforest 2.1.0 (`pip download --no-deps deepforest==2.1.0`;
 deepforest itself is never imported), cut into square tiles (400 px). Held out by image: train is
@@ -415,8 +415,8 @@ def fit_torchvision(model, samples: list[dict], args, device: torch.device) -> i
 
 def coco_map(pairs) -> dict[str, float]:
     """(detections, gt) per image, boxes x1y1x2y2 in tile pixels, scored as detcli's evaluator scores
-    (detcli/engine/coco_eval.py: COCO's protocol through faster-coco-eval), crowd gt ignored."""
-    from detcli.engine.evaluator import METRIC_KEYS, score
+    (detcli/evaluation/coco.py: COCO's protocol through faster-coco-eval), crowd gt ignored."""
+    from detcli.evaluation.evaluator import METRIC_KEYS, score
 
     stats = score([{k: v.cpu() for k, v in d.items()} for d, _ in pairs], [gt for _, gt in pairs]).stats
     return {k: stats[k] for k in METRIC_KEYS}

@@ -26,7 +26,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
 
     rows = []
     for workers in args.workers:

@@ -1,4 +1,4 @@
-"""COCO evaluation speed: detcli's evaluator (detcli/engine/coco_eval.py: faster-coco-eval's C++ COCOeval)
+"""COCO evaluation speed: detcli's evaluator (detcli/evaluation/coco.py: faster-coco-eval's C++ COCOeval)
 against pycocotools' COCOeval on the same ground truth and detections (synthetic: objects of several sizes and
 classes, noisy detections with misses, duplicates and false positives), measured in the same run; also checks
 that the 12 statistics agree (the parity test is tests/test_coco_eval.py). pycocotools is a test-only
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_coco_eval import fixture, pycocotools_stats  # the parity test's data and reference
 
-from detcli.engine.coco_eval import STAT_KEYS, CocoEvaluation
+from detcli.evaluation.coco import STAT_KEYS, CocoEvaluation
 
 
 def main() -> None:

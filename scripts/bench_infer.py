@@ -33,7 +33,7 @@ bench_train.py; `--compile` torch.compiles detcli's model only. The onnxruntime 
 (and with --int8 its int8 graph) whatever the eager settings.
 
 On the CPU every run prints onnxruntime / eager (detcli's ONNX export in onnxruntime, the session options
-of detcli/engine/ort_session.py, as many intra-op threads as torch has: --threads sets both); with --int8
+of detcli/deploy/ort.py, as many intra-op threads as torch has: --threads sets both); with --int8
 also the int8 graph's images/s and its ratios to eager and to the fp32 graph.
 """
 
@@ -58,8 +58,8 @@ from _common import (
 )
 from bench_train import DTYPES, PEERS, TORCHVISION_MODELS, share_faster_rcnn_weights
 
-from detcli.engine.benchmark import onnx_session, synthetic_batch, timed
-from detcli.engine.utils import resolve_precision
+from detcli.deploy.benchmark import onnx_session, synthetic_batch, timed
+from detcli.device import resolve_precision
 
 SCORE = 0.2  # every candidate's initial score, on both sides
 

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import compose_model
 
-from detcli.engine.benchmark import synthetic_batch, timed, train_step
+from detcli.deploy.benchmark import synthetic_batch, timed, train_step
 
 
 def child(args) -> None:

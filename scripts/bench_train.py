@@ -42,8 +42,8 @@ from _common import (
     yolov8n,
 )
 
-from detcli.engine.benchmark import synthetic_batch, timed, train_step
-from detcli.engine.utils import resolve_precision
+from detcli.deploy.benchmark import synthetic_batch, timed, train_step
+from detcli.device import resolve_precision
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEERS = {"fcos": "torchvision", "yolox": "ultralytics", "faster_rcnn": "torchvision"}  # each head's peer

@@ -10,7 +10,7 @@ The table gives each run's training img/s and val mAP / AP50 and each evaluation
 fp32 in points with PASS where |mAP diff| <= 0.5 point (the issue's bar for a default that "keeps accuracy").
 Each run is also scored on its own training tiles (fp32 eval): a precision that loses on val while it gains
 there fits as well and generalises worse, rather than failing to optimise.
-What it measured on this CPU decided detcli's `auto` (detcli/engine/utils.py resolve_precision): fp32 training
+What it measured on this CPU decided detcli's `auto` (detcli/device.py resolve_precision): fp32 training
 (bf16 training failed the bar) and bf16 inference (it passed). The JSON (--out) holds the runs, the
 evaluations and the verdicts. Where the CPU has no bf16 instructions the inference default is fp32 and the
 check says so (DETCLI_CPU_BF16=1 / 0 takes the CPU as having them or not).
@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report_rows
 from bench_accuracy import ROOT, dataset, dataset_stats, run_detcli, train_img_per_s
 
-from detcli.engine.utils import resolve_precision
-from detcli.tasks.common import load_checkpoint_config
+from detcli.build import load_checkpoint_config
+from detcli.device import resolve_precision
 
 TOLERANCE = 0.5  # mAP points: |setting - fp32| within this keeps accuracy
 RUNS = {"fp32": ["trainer.precision=fp32"], "bf16": ["trainer.precision=bf16"]}

@@ -9,7 +9,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # trainer.precision=auto resolves to fp32 in the suite whatever the CPU (its pinned values are fp32); the
-# tests of the bf16 path set DETCLI_CPU_BF16=1 themselves (detcli/engine/utils.py: resolve_precision)
+# tests of the bf16 path set DETCLI_CPU_BF16=1 themselves (detcli/device.py: resolve_precision)
 os.environ.setdefault("DETCLI_CPU_BF16", "0")
 
 

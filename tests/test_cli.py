@@ -80,7 +80,7 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path):
     proc = detcli("export", f"checkpoint={trained_run}/checkpoints/best.pt", "format=onnx", "batch_size=2",
                   f"hydra.run.dir={out}")
     assert (out / "model.onnx").is_file() and "largest |box difference|" in proc.stdout
-    from detcli.engine.ort_session import inference_session
+    from detcli.deploy.ort import inference_session
 
     session = inference_session(out / "model.onnx")
     boxes, scores, _labels = session.run(["boxes", "scores", "labels"], {"images": torch.rand(3, 3, 128, 128).numpy() * 255})

@@ -10,8 +10,8 @@ from conftest import detcli
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from detcli.engine.checkpoint import load_checkpoint, save_checkpoint
-from detcli.tasks.common import load_model
+from detcli.build import load_model
+from detcli.checkpoint import load_checkpoint, save_checkpoint
 
 # crops of toy images (h0, h1, w0, w1), upscaled 1.5x: 108 x 192 and 192 x 120
 CROPS = {"wide.png": (20, 92, 0, 128), "tall.png": (0, 128, 30, 110)}
@@ -117,7 +117,7 @@ def test_predict_uses_the_dataset_ids(predicted):
 
 
 def test_onnx_fed_as_the_sidecar_says_matches_predict(checkpoint, images, predicted, tmp_path):
-    from detcli.engine.ort_session import inference_session
+    from detcli.deploy.ort import inference_session
 
     by_file, _ = predicted
     detcli("export", f"checkpoint={checkpoint}", "format=onnx", f"hydra.run.dir={tmp_path}")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from detcli.engine.coco_eval import STAT_KEYS, CocoEvaluation
+from detcli.evaluation.coco import STAT_KEYS, CocoEvaluation
 
 
 def fixture(seed=0, images=40, classes=3):

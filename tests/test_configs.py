@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from detcli.build import build_model
-from detcli.cli import config_dir
+from detcli.config import config_dir
 
 CONFIGS = Path(config_dir())
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from detcli.build import loss_arguments
-from detcli.engine.trainer import build_optimizer, lr_scale, param_groups
+from detcli.engine.optim import build_optimizer, lr_scale, param_groups
 from detcli.models.backbones.timm import TimmBackbone
 from detcli.models.detector import Detector, TrainingProgress
 
@@ -122,7 +122,7 @@ def _allreduce_count(rank: int, world: int, port: int, accumulate: int, out) -> 
     from hydra import compose, initialize_config_dir
 
     from detcli.build import build_model
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
     from detcli.engine.trainer import Trainer
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -163,7 +163,7 @@ def test_reachable_uses_the_priors_the_head_predicts_on(head):
     from hydra import compose, initialize_config_dir
 
     from detcli.build import build_model
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"head={head}", "experiment=toy"])
@@ -179,3 +179,20 @@ def test_reachable_uses_the_priors_the_head_predicts_on(head):
     boxes = torch.tensor([[[16.0, 16, 48, 48], [16, 16, 48, 48]]])  # a 32 px anchor itself, points inside it
     reached = model.reachable(boxes, torch.tensor([[0, -1]]), (96, 160))
     assert reached.tolist() == [[True, False]]  # padding (label -1) never counts
+
+
+@pytest.mark.parametrize("head", ["fcos", "yolox", "faster_rcnn"])
+def test_every_head_implements_the_contract_in_code(head):
+    """models/detector.py's Head / Criterion / Postprocess protocols hold for every shipped head."""
+    from hydra import compose, initialize_config_dir
+
+    from detcli.build import build_model
+    from detcli.config import config_dir
+    from detcli.models.detector import Criterion, Head, Postprocess
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", ["experiment=toy", f"head={head}", "backbone.name=test_convnext"])
+    model = build_model(cfg, num_classes=3)
+    assert isinstance(model.head, Head) and isinstance(model.criterion, Criterion)
+    assert isinstance(model.postprocess, Postprocess)
+    assert not isinstance(nn.Linear(2, 2), Head)  # the check is not vacuous

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import detcli
 
-from detcli.engine.coco_eval import STAT_KEYS
-from detcli.engine.confusion import confusion_matrix
-from detcli.engine.voc_eval import ap_11_point, ap_area, voc_ap
+from detcli.evaluation.coco import STAT_KEYS
+from detcli.evaluation.confusion import confusion_matrix
+from detcli.evaluation.voc import ap_11_point, ap_area, voc_ap
 
 
 def test_eval_writes_the_report_and_a_results_file_scores_the_same(trained_run, tmp_path):

@@ -5,7 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from detcli.build import build_model
-from detcli.cli import config_dir
+from detcli.config import config_dir
 
 LOSSES = {"loss_cls": 1.1342476606369019, "loss_box": 0.9990352988243103, "loss_ctr": 0.702362596988678}
 TOP_BOXES = [[[20.0, 34.422943115234375, 20.0, 36.74816131591797],

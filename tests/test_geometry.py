@@ -13,8 +13,8 @@ from torchvision.transforms import v2
 from detcli.data.coco import CocoData
 from detcli.data.collate import collate, pad_value
 from detcli.data.transforms import PAD_VALUE, resized_size
-from detcli.engine.evaluator import evaluate, to_original
-from detcli.models.postprocess import clip_boxes
+from detcli.evaluation.evaluator import evaluate, to_original
+from detcli.ops.boxes import clip_boxes
 
 # (height, width) of the images, and their boxes x1, y1, x2, y2: the full image, and off-grid ones
 SHAPES = [(100, 200), (200, 100), (90, 250)]

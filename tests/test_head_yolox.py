@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from detcli.build import build_model
-from detcli.cli import config_dir
+from detcli.config import config_dir
 from detcli.errors import ConfigError
 from detcli.models.heads.yolox import YOLOXHead
 

@@ -54,7 +54,7 @@ def test_export_onnx_matches_pytorch_at_any_batch(head_run, tmp_path):
     assert "largest |box difference|" in proc.stdout  # the export checks itself against PyTorch (tolerance)
     import onnx
 
-    from detcli.engine.ort_session import inference_session
+    from detcli.deploy.ort import inference_session
 
     assert HEADS[head][2] <= {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     session = inference_session(out / "model.onnx")

@@ -6,9 +6,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from detcli.build import instantiate_group
-from detcli.cli import config_dir
+from detcli.config import config_dir
 from detcli.data import base
-from detcli.data.base import worker_count
+from detcli.data.workers import worker_count
 from detcli.errors import ConfigError
 
 

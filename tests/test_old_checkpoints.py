@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import detcli
 
-from detcli.tasks.common import load_model
+from detcli.build import load_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HEADS = ["fcos", "yolox", "faster_rcnn"]

@@ -8,7 +8,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
 from detcli.build import build_model
-from detcli.cli import config_dir
+from detcli.config import config_dir
 from detcli.data.collate import collate
 
 

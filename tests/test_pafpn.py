@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from detcli.build import instantiate_group
-from detcli.cli import config_dir
+from detcli.config import config_dir
 from detcli.errors import ConfigError
 from detcli.models.backbones.timm import TimmBackbone
 from detcli.models.heads.fcos import FCOSHead

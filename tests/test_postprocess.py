@@ -4,7 +4,8 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from detcli.models.postprocess import FCOSPostprocess, nms_topk
+from detcli.models.heads.fcos import FCOSPostprocess
+from detcli.ops.nms import nms_topk
 
 
 def test_nms_keeps_images_and_classes_apart():

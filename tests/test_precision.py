@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import detcli
 
-from detcli.engine import utils
-from detcli.engine.checkpoint import load_checkpoint
-from detcli.engine.utils import autocast_dtype, cpu_bf16, cpuinfo_flags, resolve_precision
+from detcli import device as utils
+from detcli.checkpoint import load_checkpoint
+from detcli.device import autocast_dtype, cpu_bf16, cpuinfo_flags, resolve_precision
 from detcli.errors import ConfigError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

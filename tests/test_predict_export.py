@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY, detcli
 
-from detcli.engine.ort_session import inference_session
+from detcli.deploy.ort import inference_session
 
 HEADS = ["fcos", "yolox", "faster_rcnn"]
 # the postprocess keeps candidates down to this score: a 6-step YOLOX scores about 1e-4 (its prior squared),

@@ -1,4 +1,4 @@
-"""Issue 17's onnxruntime part: every session opened with the shared options (detcli/engine/ort_session.py),
+"""Issue 17's onnxruntime part: every session opened with the shared options (detcli/deploy/ort.py),
 and `export export.quantize=int8` on the toy checkpoint: an int8 QDQ graph beside model.onnx that onnxruntime
 runs, whose detections overlap the fp32 graph's, with the mAP change in both sidecars, and that
 `predict.backend=onnx` serves."""
@@ -12,11 +12,11 @@ from conftest import detcli
 from onnx import TensorProto, helper
 from torchvision.ops import box_iou
 
-from detcli.engine.ort_session import inference_session
+from detcli.build import load_checkpoint_config
+from detcli.deploy.ort import inference_session
+from detcli.deploy.quantize import int8_path, quantize_int8
+from detcli.deploy.sidecar import dataset_images
 from detcli.errors import DetcliError
-from detcli.tasks.common import load_checkpoint_config
-from detcli.tasks.export import dataset_images
-from detcli.tasks.quantize import int8_path, quantize_int8
 
 
 def test_sessions_get_the_shared_options(tmp_path):

@@ -12,9 +12,9 @@ import pytest
 from conftest import TINY, detcli
 from omegaconf import OmegaConf
 
-from detcli.engine.config_diff import config_diff, default_config, diff_table, differing_keys, flatten
-from detcli.engine.report import SECTIONS
+from detcli.config import config_diff, default_config, diff_table, differing_keys, flatten
 from detcli.tasks import compare
+from detcli.visualization.report import SECTIONS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +63,7 @@ def test_config_diff_lists_changed_added_and_removed_keys_without_hydra():
 def test_default_config_is_train_with_no_overrides():
     from hydra import compose, initialize_config_dir
 
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         changed = compose("train", overrides=["seed=3", "trainer.patience=2"])

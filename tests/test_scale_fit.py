@@ -12,7 +12,7 @@ from PIL import Image
 from detcli.assigners.fcos import FCOSAssigner
 from detcli.assigners.max_iou import MaxIoUMatcher
 from detcli.assigners.simota import SimOTAAssigner
-from detcli.engine.scale_fit import candidates, scaled
+from detcli.evaluation.scale_fit import candidates, scaled
 from detcli.ops.points import grid_points
 
 

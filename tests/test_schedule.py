@@ -80,7 +80,7 @@ def test_defaults_fit_a_run_of_any_length(length):
     """Only the length given: the default schedule warms up briefly and decays over this very run."""
     from hydra import compose, initialize_config_dir
 
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         t = compose("train", [length]).trainer

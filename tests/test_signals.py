@@ -64,7 +64,7 @@ def test_signal_to_the_process_group_saves_and_resumes(tmp_path, cache_dir, sig,
 WORKERS = """
 import sys, time
 from torch.utils.data import DataLoader, Dataset
-from detcli.engine.signals import WorkerSignals
+from detcli.data.workers import WorkerSignals
 
 class Slow(Dataset):
     def __len__(self): return 10**6

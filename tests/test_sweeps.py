@@ -12,7 +12,7 @@ from hydra import compose as compose_config
 from hydra import initialize_config_dir
 
 from detcli import cli
-from detcli.engine.hooks import write_summary
+from detcli.sweeps import write_summary
 
 
 def read_summary(sweep: Path) -> list[dict]:

@@ -1,11 +1,11 @@
-"""detcli/engine/thresholds.py by hand: the F1-optimal score per class (ties, crowd objects, classes
+"""detcli/evaluation/thresholds.py by hand: the F1-optimal score per class (ties, crowd objects, classes
 without objects, detections or true positives), each image's missed / false boxes at those thresholds, and
 the ranking of the worst images."""
 
 import pytest
 import torch
 
-from detcli.engine.thresholds import f1_thresholds, image_errors, worst_images
+from detcli.evaluation.thresholds import f1_thresholds, image_errors, worst_images
 
 
 def box(k: int) -> list[float]:

@@ -4,7 +4,7 @@ and fixing it recovers the AP lost (a perfect detector's AP of 1)."""
 import pytest
 import torch
 
-from detcli.engine.tide import tide
+from detcli.evaluation.tide import tide
 
 CLASSES = 3
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import detcli
 
-from detcli.engine.checkpoint import load_checkpoint, rotate_save, save_checkpoint
+from detcli.checkpoint import load_checkpoint, rotate_save, save_checkpoint
 from detcli.errors import CheckpointError
 
 # 64 px toy images, a checkpoint after every step: fast, and any step can be resumed from
@@ -126,7 +126,7 @@ def test_grad_checkpointing_gives_the_same_losses_and_gradients(cache_dir):
     from hydra.utils import instantiate
 
     from detcli.build import build_model
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
     from detcli.data.collate import collate
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -177,14 +177,14 @@ def test_a_crafted_pickle_cannot_run_code(tmp_path):
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
-    from detcli.engine import trainer
+    from detcli.engine.compile import compiled
 
     class Broken(torch.nn.Module):
         def forward(self, x):
             raise RuntimeError("backend exploded")
 
     monkeypatch.setattr(torch, "compile", lambda module, **kw: Broken())
-    wrapped = trainer.compiled(torch.nn.Linear(2, 1))
+    wrapped = compiled(torch.nn.Linear(2, 1))
     x = torch.ones(1, 2)
     with caplog.at_level("WARNING"):
         out = wrapped(x)
@@ -218,7 +218,7 @@ def test_resume_applies_a_new_learning_rate_and_keeps_best_runs_apart(tmp_path, 
 
 
 def test_inference_never_fetches_backbone_weights(trained_run, tmp_path):
-    from detcli.tasks.common import load_model
+    from detcli.build import load_model
 
     ckpt = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
     ckpt["config"]["backbone"]["pretrained"] = True
@@ -243,7 +243,7 @@ def _toy_trainer(tmp_path, *overrides):
     from hydra.utils import instantiate
 
     from detcli.build import build_model
-    from detcli.cli import config_dir
+    from detcli.config import config_dir
     from detcli.engine.trainer import Trainer
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

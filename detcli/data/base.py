@@ -15,9 +15,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
+from detcli.data.checks import apply_policy, box_defects, image_defects, val_policy
 from detcli.data.collate import Collate, canvas_size
 from detcli.data.sampler import EpochSampler
-from detcli.data.transforms import PAD_VALUE, image_size_of, train_transforms, val_transforms
+from detcli.data.transforms import PAD_VALUE, image_size_of, mixup, mosaic, train_transforms, val_transforms
+from detcli.data.workers import WorkerSignals, worker_count
 from detcli.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -92,8 +94,6 @@ class DetectionDataset(Dataset):
         return image, boxes, torch.from_numpy(rec.labels[keep]), scale
 
     def _mosaic(self, i: int, g: torch.Generator) -> tuple:
-        from detcli.data.transforms import mosaic
-
         picks = [i] + torch.randint(len(self), (3,), generator=g).tolist()
         return mosaic([self.load(j)[:3] for j in picks], self.mosaic_size, g)
 
@@ -107,8 +107,6 @@ class DetectionDataset(Dataset):
             if self.train and self.mosaic_on and torch.rand((), generator=g) < self.mosaic:
                 image, boxes, labels = self._mosaic(i, g)
                 if torch.rand((), generator=g) < self.mixup:
-                    from detcli.data.transforms import mixup
-
                     other = int(torch.randint(len(self), (), generator=g))
                     image, boxes, labels = mixup((image, boxes, labels), self._mosaic(other, g))
                 scale = np.ones(4, dtype=np.float32)
@@ -250,8 +248,6 @@ class DetectionData:
 
     def checked_split(self, split: str, cat_ids: list[int], decode: bool = False):
         """load_split plus the box checks and (data.check_images) the image checks: records, root, defects."""
-        from detcli.data.checks import box_defects, image_defects
-
         records, root, defects = self.load_split(split, cat_ids)
         flagged_boxes = {(d.image, d.box) for d in defects}
         defects = defects + [d for d in box_defects(records) if (d.image, d.box) not in flagged_boxes]
@@ -296,8 +292,6 @@ class DetectionData:
         """split 'train' or 'val'; cat_ids / class_names (a checkpoint's) fix the label order (`label_order`).
         The dataset's `defects` are what the checks found; its `defect_note` says what the val metric
         leaves out ("" if nothing): data.on_bad never rewrites validation ground truth (checks.val_policy)."""
-        from detcli.data.checks import apply_policy, val_policy
-
         records, root, defects = self.checked_split(split, self.label_order(cat_ids, class_names))
         what = f"the {split} split"
         if split == "train":
@@ -329,8 +323,6 @@ class DetectionData:
 
     def _loader(self, dataset, sampler, batch_size: int, drop_last: bool,
                 pad_value: tuple = PAD_VALUE, multiscale: tuple | None = None) -> DataLoader:
-        from detcli.engine.signals import WorkerSignals
-
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -342,18 +334,6 @@ class DetectionData:
             generator=torch.Generator().manual_seed(0),  # worker seeds never draw from the global RNG
             worker_init_fn=WorkerSignals(),  # a stop signal sent to the whole job is the main process's
         )
-
-
-def worker_count(value: int | str, cap: int = 8) -> int:
-    """data.num_workers: an int >= 0, or 'auto': the CPUs this process may use, shared among the
-    processes of this machine (torchrun's LOCAL_WORLD_SIZE), less one for the process itself, at most `cap`."""
-    if value == "auto":
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        return max(0, min(cap, per_process - 1))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"data.num_workers must be an int >= 0 or auto, got {value!r}.")
-    return value
 
 
 def require(value, key: str) -> str:

@@ -3,7 +3,7 @@ starts torchrun itself from a single `detcli train` (one launcher level, also un
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from detcli.errors import DetcliError
+from detcli.runlog import best_map
 
 
 def world_size() -> int:
@@ -62,9 +64,67 @@ def launch_torchrun(n: int, run_dir: Path) -> float:
     return best_map(run_dir)
 
 
-def best_map(run_dir: Path) -> float:
-    """The best validation mAP in a run folder's eval_log.jsonl (-1 without evaluations), the value a
-    sweeper (optuna) maximises, also when the training ran in torchrun's processes."""
-    path = Path(run_dir) / "eval_log.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return max((float(json.loads(line)["map"]) for line in lines if line.strip()), default=-1.0)
+# ---- inside a training run: each a no-op (or the local value) in a single process ---------------------------
+def active() -> bool:
+    """Whether this process is one of several of a torchrun job (a process group is up)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def ranks() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def agree(value: float, op: str, device: torch.device) -> float:
+    """The value every rank takes: the min or max over the ranks (`op`), or rank 0's ("main")."""
+    if not active():
+        return value
+    t = torch.tensor([float(value)], device=device)
+    if op == "main":
+        dist.broadcast(t, 0)
+    else:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+    return t.item()
+
+
+def mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the ranks (in place)."""
+    if active():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def gather(obj) -> list:
+    """Every rank's `obj`, in rank order (all ranks must call it together)."""
+    if ranks() == 1:
+        return [obj]
+    objs = [None] * ranks()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> tuple[nn.Module, nn.Module]:
+    """(the model, the module to run): under torchrun the model with SyncBatchNorm if asked, wrapped in DDP."""
+    if not active():
+        return model, model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def no_sync(net: nn.Module, skip: bool):
+    """DDP's no_sync() for a micro-batch whose gradients are only accumulated; a no-op otherwise."""
+    DDP = nn.parallel.DistributedDataParallel
+    ddp = net if isinstance(net, DDP) else getattr(net, "module", None)  # the compiled wrapper holds the DDP module
+    if skip and isinstance(ddp, DDP):
+        return ddp.no_sync()
+    return contextlib.nullcontext()

@@ -1,125 +1,182 @@
-"""Hydra callbacks: the sweep summary of `detcli train -m ...`.
+"""What the training loop does around its steps, one hook per job, called by `Trainer.fit` at named points:
+`on_start` (before the first step), `before_step`, `after_step(trainer, losses)` and `on_end` (after the
+last step of a run that was not stopped). The default hooks, in the order they run:
 
-Each job of a sweep leaves `job.json` in its folder (number, status, overrides, wall time, error);
-the sweep folder's `summary.csv` (one row per job) is rewritten after every job and at the end of the
-sweep, so it is complete even when a launcher (SLURM) runs the jobs elsewhere or the sweep is cut off.
+- TimeBudgetHook (with trainer.time_limit): the run's length from the measured step and evaluation times;
+- TrainLogHook: loss terms averaged over `trainer.log_interval` steps, a train_log.jsonl record, the loggers;
+- EvalHook: validation every `trainer.eval_interval` steps and at the end, eval_log.jsonl, best.pt, early stop;
+- LastCheckpointHook: last.pt after each evaluation and every `trainer.checkpoint_interval` steps;
+- StopSignalHook: SIGTERM / SIGINT: last.pt, then exit 143 / 130 (resume=auto continues);
+a task adds its own (`detcli train`: the report at the end, detcli/visualization/report.py).
+
+Naming: T = loss terms.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
+import torch
+from torch import Tensor
 
-COLUMNS = ("job", "status", "overrides", "best_map", "map", "map_50", "wall_s", "run_dir", "error")
-
-# errors of the jobs this process ran, by job folder: a failed job returns None to the sweeper (which
-# would stop the sweep on an exception), and its callback reads the error from here
-_FAILED: dict[str, str] = {}
-# failed jobs of the last sweep this process summarised (the CLI's exit status)
-last_sweep_failures = 0
+from detcli import runlog
+from detcli.device import peak_memory_gb
+from detcli.engine import distributed
+from detcli.evaluation.evaluator import evaluation
+from detcli.evaluation.thresholds import f1_thresholds
 
 
-def job_failed(output_dir: str, error: BaseException) -> None:
-    """Record that the job writing into `output_dir` failed with `error` (its first line is kept)."""
-    _FAILED[str(Path(output_dir).resolve())] = _first_line(error)
+class Hook:
+    """A no-op at every point; a hook overrides the points it acts at."""
+
+    def on_start(self, trainer) -> None:
+        pass
+
+    def before_step(self, trainer) -> None:
+        pass
+
+    def after_step(self, trainer, losses: dict[str, Tensor] | None) -> None:
+        pass
+
+    def on_end(self, trainer) -> None:
+        pass
 
 
-class SweepSummary(Callback):
-    """After `detcli train -m ...`: summary.csv and a table of every job's status, overrides and mAP."""
+def due(trainer, interval) -> bool:
+    """Whether the step just done is a multiple of `interval` (0 / None: never) or the run's last."""
+    return bool(interval) and trainer.step % int(interval) == 0 or trainer.step == trainer.total_steps
 
-    def __init__(self) -> None:
-        self._start = time.time()
 
-    def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        self._start = time.time()
+class TimeBudgetHook(Hook):
+    """trainer.time_limit: the run's length is what fits in the time (detcli/engine/budget.py), re-estimated
+    before each step; every rank takes the smallest estimate, so that they stop after the same step."""
 
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
+    def __init__(self, budget):
+        self.budget, self.session_steps = budget, 0
+
+    def on_start(self, trainer) -> None:
+        self.budget.start()
+
+    def before_step(self, trainer) -> None:
+        total = self.budget.total_steps(trainer.step, trainer.configured_steps)
+        trainer.set_total(int(distributed.agree(total, "min", trainer.device)))
+
+    def after_step(self, trainer, losses) -> None:
+        self.session_steps += 1
+        self.budget.step_done(self.session_steps, trainer.step)
+
+
+class TrainLogHook(Hook):
+    """The loss terms summed on the device (no host sync), averaged over the ranks and written every
+    `trainer.log_interval` steps: train_log.jsonl, the loggers, the progress line. Throughput counts the
+    training images since the last line, evaluations left out."""
+
+    def __init__(self):
+        self.total: Tensor | None = None  # (T,)
+        self.count, self.names = 0, []
+        self.images, self.since = 0, time.perf_counter()
+
+    def after_step(self, trainer, losses) -> None:
+        if trainer.evaluated_at > self.since:  # an evaluation ran since the last line: not training time
+            self.images, self.since = 0, trainer.evaluated_at
+        self.images += trainer.train_loader.batch_size * trainer.accumulate
+        if losses is not None:
+            stacked = torch.stack([v.float() for v in losses.values()])  # (T,), stays on the device
+            self.names = list(losses)
+            self.total = stacked if self.total is None else self.total + stacked
+            self.count += 1
+        if due(trainer, trainer.t.log_interval) and self.total is not None:
+            self.write(trainer)
+
+    def write(self, trainer) -> None:
+        means = distributed.mean(self.total / self.count).tolist()  # the one host sync per log line
+        now = time.perf_counter()
+        record = {"step": trainer.step, "epoch": trainer.step / trainer.steps_per_epoch, "loss": sum(means),
+                  **dict(zip(self.names, means)), "lr": trainer.optimizer.param_groups[0]["lr"],
+                  "img_per_s": distributed.ranks() * self.images / max(now - self.since, 1e-9)}
+        if trainer.budget:  # a time-limited run: its clock and its current estimate of the length
+            record["elapsed_s"], record["total_steps"] = trainer.budget.elapsed_s, trainer.total_steps
+        if trainer.skipped_steps:
+            record["skipped_steps"] = trainer.skipped_steps
+        record["peak_mem_gb"] = peak_memory_gb(trainer.device)
+        if trainer.main:
+            runlog.append(trainer.run_dir / runlog.TRAIN_LOG, record)
+            trainer.logger.log("train", record)
+            trainer.progress.show(record)
+        self.total, self.count, self.images, self.since = None, 0, 0, time.perf_counter()
+
+    def on_end(self, trainer) -> None:
+        trainer.logger.close()
+
+
+class EvalHook(Hook):
+    """Every `trainer.eval_interval` steps (default: each epoch) and at the end: the EMA model (else the
+    model) on the val set, every rank its share; on rank 0 eval_log.jsonl, the loggers, best.pt when the mAP
+    improves, and early stopping after `trainer.patience` evaluations without. The checkpoints' meta gets
+    the F1-optimal per-class score thresholds of this evaluation (predict's default)."""
+
+    def __init__(self, interval: int):
+        self.interval = interval
+
+    def after_step(self, trainer, losses) -> None:
+        if not due(trainer, self.interval):
             return
-        out = Path(config.hydra.runtime.output_dir).resolve()
-        error = _FAILED.pop(str(out), None)
-        if job_return.status == JobStatus.FAILED:
-            error = error or _first_line(job_return._return_value)
-        record = {"job": int(config.hydra.job.num), "status": "failed" if error else "completed",
-                  "overrides": list(job_return.overrides or []), "wall_s": round(time.time() - self._start, 2),
-                  "error": error or ""}
-        _write_atomic(out / "job.json", json.dumps(record, indent=1))
-        write_summary(Path(config.hydra.sweep.dir))
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        global last_sweep_failures
-        sweep = Path(config.hydra.sweep.dir)
-        if not sweep.is_dir():
-            return
-        rows = write_summary(sweep)
-        last_sweep_failures = sum(r["status"] != "completed" for r in rows)
-        table = Table(title=f"sweep {sweep}: validation mAP per job (all in {sweep / 'summary.csv'})")
-        for col in ("job", "status", "overrides", "best mAP", "final mAP", "mAP50", "wall s"):
-            table.add_column(col, justify="left" if col in ("status", "overrides") else "right")
-        common = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
-        for r in rows:  # the table shows what differs between the jobs, summary.csv every override
-            overrides = " ".join(o for o in r["overrides"] if o not in common)
-            table.add_row(str(r["job"]), r["status"], overrides, _fmt(r["best_map"]), _fmt(r["map"]),
-                          _fmt(r["map_50"]), _fmt(r["wall_s"], 1))
-        Console(width=max(100, Console().width)).print(table)
-        for r in rows:
-            if r["error"]:
-                print(f"job {r['job']} failed: {r['error']}")
-
-
-def write_summary(sweep: Path) -> list[dict]:
-    """summary.csv in the sweep folder from its job folders; returns the rows (overrides as lists)."""
-    rows = sorted((job_row(p) for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
-                  key=lambda r: (r["job"] if isinstance(r["job"], int) else 1 << 30, str(r["job"])))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: "" if r[k] is None else " ".join(r[k]) if k == "overrides" else r[k] for k in COLUMNS})
-    _write_atomic(sweep / "summary.csv", buf.getvalue())
-    return rows
+        t0 = time.perf_counter()
+        model = trainer.ema.module if trainer.ema is not None else trainer.model
+        result = evaluation(model, trainer.val_loader, trainer.device, trainer.eval_precision,
+                            trainer.t.channels_last, trainer.meta.get("class_names"))
+        metrics, num_classes = result.metrics, len(trainer.meta.get("class_names", []))
+        # None for a class: predict's 0.3 (detcli/evaluation/thresholds.py)
+        trainer.meta["score_thresholds"] = f1_thresholds(result.dets, result.gts, num_classes) if num_classes else []
+        trainer.last_evaluation = result if trainer.keep_evaluation and trainer.main else None
+        trainer.eval_rng = trainer.rng_states()  # every rank's, gathered here where all of them are
+        stop = False
+        if trainer.main:
+            record = {"step": trainer.step, "epoch": trainer.step / trainer.steps_per_epoch, **metrics}
+            runlog.append(trainer.run_dir / runlog.EVAL_LOG, record)
+            trainer.logger.log("eval", record)
+            trainer.progress.print(f"eval step {trainer.step}: mAP {metrics['map']:.4f}  mAP50 {metrics['map_50']:.4f}"
+                                   f"  mAP75 {metrics['map_75']:.4f}  ({time.perf_counter() - t0:.1f}s)")
+            trainer.last_metrics = metrics
+            if metrics["map"] > trainer.best_map:
+                trainer.best_map, trainer.bad_evals = metrics["map"], 0
+                trainer.save("best.pt", trainer.eval_rng, rotate=False)
+            else:
+                trainer.bad_evals += 1
+            patience = trainer.t.patience
+            if patience and trainer.bad_evals >= int(patience):
+                trainer.progress.print(f"early stop: no better val mAP in {patience} evaluations")
+                stop = True
+        trainer.finished = bool(distributed.agree(stop, "main", trainer.device))
+        trainer.eval_started = t0
 
 
-def job_row(job: Path) -> dict:
-    """One job folder's row: its job.json (absent: the job has not finished, or was killed) and the
-    best and final validation mAP of its eval_log.jsonl."""
-    record = json.loads((job / "job.json").read_text()) if (job / "job.json").is_file() else {}
-    if "overrides" not in record:
-        lines = (job / ".hydra" / "overrides.yaml").read_text().splitlines()
-        record["overrides"] = [line.removeprefix("- ") for line in lines]
-    evals = []
-    if (job / "eval_log.jsonl").is_file():
-        evals = [json.loads(line) for line in (job / "eval_log.jsonl").read_text().splitlines() if line.strip()]
-    last = evals[-1] if evals else {}
-    return {"job": record.get("job", int(job.name) if job.name.isdigit() else job.name),
-            "status": record.get("status", "unfinished"), "overrides": record["overrides"],
-            "best_map": max((e["map"] for e in evals), default=None), "map": last.get("map"),
-            "map_50": last.get("map_50"), "wall_s": record.get("wall_s"), "run_dir": str(job),
-            "error": record.get("error", "")}
+class LastCheckpointHook(Hook):
+    """last.pt (the previous one kept as last.prev.pt) after each evaluation, with the RNG states gathered
+    there, and every `trainer.checkpoint_interval` steps between evaluations. With a time budget, an
+    evaluation and its saves are timed here, once both are done."""
+
+    def after_step(self, trainer, losses) -> None:
+        if trainer.eval_rng is not None:
+            trainer.save("last.pt", trainer.eval_rng)
+            if trainer.budget and trainer.main:  # an evaluation and its saves are paid from the time budget
+                trainer.budget.record_eval(time.perf_counter() - trainer.eval_started)
+            trainer.evaluated_at = time.perf_counter()
+        elif trainer.t.checkpoint_interval and trainer.step % int(trainer.t.checkpoint_interval) == 0:
+            trainer.save("last.pt", trainer.rng_states())
+        trainer.eval_rng = None
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
+class StopSignalHook(Hook):
+    """SIGTERM / SIGINT (detcli/engine/signals.py): the ranks stop together after the same step (checked at
+    log steps, whose line syncs anyway, so DDP adds no host sync elsewhere), save last.pt and exit."""
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write then rename: jobs running at once on a cluster never leave a half-written file."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
-def _fmt(v, digits: int = 4) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+    def after_step(self, trainer, losses) -> None:
+        stop = trainer.stop_request
+        sync_now = trainer.step % int(trainer.t.log_interval) == 0
+        requested = stop.requested if not distributed.active() else \
+            sync_now and bool(distributed.agree(stop.requested, "max", trainer.device))
+        if requested:
+            trainer.save("last.pt", trainer.rng_states())
+            trainer.progress.print(f"stopped by {stop.name} after step {trainer.step}; resume with resume=auto")
+            raise SystemExit(stop.exit_code if stop.requested else 143)

@@ -2,7 +2,8 @@
 second one exits at once. Saves are atomic, so an exit at any moment leaves no partial checkpoint.
 
 SLURM, systemd, `kill -TERM -PGID` and Ctrl+C signal every process of the job, DataLoader workers
-included: `WorkerSignals` (the loaders' worker_init_fn) leaves those signals to the main process."""
+included: `detcli.data.workers.WorkerSignals` (the loaders' worker_init_fn) leaves those signals to the
+main process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 import sys
 import threading
 
-from detcli.engine import checkpoint
+from detcli import checkpoint
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
@@ -51,29 +52,3 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class WorkerSignals:
-    """worker_init_fn for DataLoader workers. A worker killed by a signal sent to the whole job makes the
-    main process fail the step it is finishing (`DataLoader worker ... is killed by signal`), so workers
-    ignore SIGINT, and SIGTERM unless it comes from the main process: its shutdown terminates workers
-    still running, and waits for them. A worker whose main process died exits through PyTorch's own
-    parent check, which needs no signal."""
-
-    def __init__(self):
-        self.main_pid = os.getpid()
-
-    def __call__(self, worker_id: int) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if not hasattr(signal, "sigwaitinfo"):  # macOS: no way to see the sender, keep PyTorch's handler
-            return
-        # blocked here (threads started later inherit the mask), taken by a thread that can see the sender
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        threading.Thread(target=_exit_on_sigterm_from, args=(self.main_pid,), name="detcli-sigterm",
-                         daemon=True).start()
-
-
-def _exit_on_sigterm_from(main_pid: int) -> None:
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == main_pid:
-            os._exit(0)  # as PyTorch's own worker handler does for its parent's terminate()

@@ -11,19 +11,24 @@ One interface for every head:
   (`head.priors(feature_sizes, device)`: points, anchors) and the criterion which gts they can give a positive
   (`criterion.reachable(priors, gt_boxes, gt_labels)`), without running the network.
 
-Naming: B = images, M = gt boxes per image (padded with label -1).
+The three parts a head brings are written down below as typing.Protocols (Head, Criterion, Postprocess);
+a new head implements them (detcli/models/heads/, detcli/losses/) and nothing else changes: the trainer, the
+tasks and export call only these methods.
+
+Naming: B = images, M = gt boxes per image (padded with label -1), R = priors, C = classes, D = max_det.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.onnx.operators import shape_as_tensor
 
-from detcli.models.postprocess import in_graph
+from detcli.ops.tracing import in_graph
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,52 @@ class TrainingProgress:
         return self.step / max(1, self.total_steps)
 
 
+@runtime_checkable
+class Head(Protocol):
+    """Predicts only. Built with in_channels, strides, num_classes (detcli/build.py injects them)."""
+
+    strides: list[int]
+
+    def forward(self, feats: list[Tensor], targets: dict | None = None, image_sizes: Tensor | None = None) -> dict:
+        """Neck features (one (B, A, h, w) per stride) -> the raw predictions the criterion and the postprocess
+        read (a dict; a dense head's include `level_sizes`). In training, `targets` as Detector.forward's."""
+
+    def priors(self, sizes: list[tuple[int, int]], device) -> dict:
+        """The head's priors (points, anchors) for feature maps of these (h, w) sizes, for Criterion.reachable."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None: ...
+
+
+@runtime_checkable
+class Criterion(Protocol):
+    """Assigns targets to predictions (an assigner from detcli/assigners) and returns named losses."""
+
+    def forward(self, preds: dict, targets: dict, progress: TrainingProgress | None = None) -> dict[str, Tensor]:
+        """preds: Head.forward's; targets: boxes (B, M, 4), labels (B, M) padded with -1, image_sizes (B, 2);
+        -> {"loss_name": () tensor}, summed by the trainer."""
+
+    def reachable(self, priors: dict, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
+        """(B, M) bool: the gts that can get at least one positive among `priors` under this assignment."""
+
+
+@runtime_checkable
+class Postprocess(Protocol):
+    """Decoding, threshold, NMS (detcli/ops/nms.py) to fixed-shape detections; the same code runs eagerly,
+    traced and in the exported graph. Built with num_classes plus its config keys (score_thresh, max_det...)."""
+
+    score_thresh: float
+    max_det: int
+
+    def forward(self, preds: dict, image_sizes: Tensor) -> dict[str, Tensor]:
+        """-> boxes (B, D, 4) in input pixels, scores (B, D), labels (B, D) with -1 for padding."""
+
+    def scores_and_boxes(self, preds: dict) -> tuple[Tensor, Tensor]:
+        """The decoding alone, before threshold and NMS: scores (B, R, C), boxes (B, R, 4) (`export.nms=false`)."""
+
+
 class Detector(nn.Module):
-    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, criterion: nn.Module,
-                 postprocess: nn.Module):
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: Head, criterion: Criterion,
+                 postprocess: Postprocess):
         super().__init__()
         self.backbone = backbone
         self.neck = neck

@@ -1,4 +1,4 @@
-"""IoU of x1y1x2y2 boxes in the two batched forms the criteria need. torchvision.ops.box_iou gives the
+"""x1y1x2y2 box helpers: IoU in the two batched forms the criteria need, and clipping into images. torchvision.ops.box_iou gives the
 (N, M) matrix of two unbatched sets; these add a batch axis (all pairs per image) or pair boxes place
 by place (one IoU per pair, without the matrix).
 
@@ -27,3 +27,10 @@ def paired_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
 def batched_box_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     """All pairs within each image: a (B, M, 4), b (B, R, 4) -> (B, M, R)."""
     return paired_iou(a[:, :, None], b[:, None], eps)  # broadcast (B, M, 1, 4) with (B, 1, R, 4)
+
+
+def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """boxes (B, K, 4), image_sizes (B, 2) as (h, w) -> boxes clipped into each image."""
+    hw = image_sizes.to(boxes.dtype)
+    upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)[:, None]  # (B, 1, 4)
+    return torch.minimum(boxes.clamp(min=0), upper)

@@ -5,7 +5,7 @@ with the ratios against eager and writes bench.json in the run folder (train_pre
 precision on this device, trainer.precision=auto resolved here; trained_precision: what a checkpoint's run
 computed in, from its meta).
 
-The measuring is detcli.engine.benchmark's, the same code as scripts/bench_*.py. Inference rows come first
+The measuring is detcli.deploy.benchmark's, the same code as scripts/bench_*.py. Inference rows come first
 and the training rows last, so that every inference row runs the same weights.
 
 Naming: B = images per batch, S = the side of the square input in pixels.
@@ -22,15 +22,15 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from detcli.build import build_model
+from detcli.build import build_model, load_model
 from detcli.data.transforms import image_size_of
-from detcli.engine.benchmark import onnx_session, synthetic_batch, timed, train_step
-from detcli.engine.trainer import build_optimizer
-from detcli.engine.utils import autocast_dtype, resolve_device, resolve_precision
+from detcli.deploy.benchmark import onnx_session, synthetic_batch, timed, train_step
+from detcli.deploy.onnx import input_size
+from detcli.device import autocast_dtype, resolve_device, resolve_precision
+from detcli.engine.optim import build_optimizer
 from detcli.errors import ConfigError
 from detcli.models.backbones.timm import resolve_freeze_bn
-from detcli.tasks.common import command_overrides, load_model, overlay, run_dir
-from detcli.tasks.export import input_size
+from detcli.tasks.common import command_overrides, overlay, run_dir
 
 MODEL_GROUPS = ("backbone", "neck", "head", "loss", "postprocess", "experiment")  # fixed by a checkpoint
 

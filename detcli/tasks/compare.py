@@ -14,8 +14,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from detcli.engine.config_diff import differing_keys, flatten, short
-from detcli.engine.report import read_jsonl
+from detcli import runlog
+from detcli.config import differing_keys, flatten, short
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def run_names(runs: list[Path]) -> list[str]:
 def summarise(run: Path, keys: list[str]) -> dict:
     """One row of the table: the differing keys' values, best / final val mAP, final mAP50, steps."""
     config = flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
-    train_log, eval_log = read_jsonl(run / "train_log.jsonl"), read_jsonl(run / "eval_log.jsonl")
+    train_log, eval_log = runlog.train_log(run), runlog.eval_log(run)
     steps = max([r["step"] for r in train_log + eval_log], default=0)
     final = eval_log[-1] if eval_log else {}
     return {"config": {k: config.get(k, "-") for k in keys}, "best_map": max((r["map"] for r in eval_log), default=None),
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from detcli.engine.plots import compare_curves
+    from detcli.visualization.plots import compare_curves
 
     args = parse(argv)
     try:

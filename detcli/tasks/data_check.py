@@ -1,5 +1,5 @@
 """detcli data check data=... [head=...]: statistics and every defect of a dataset, with file and line / id, the
-box statistics as plots, and the scale fit of the data to the configured detector (detcli/engine/scale_fit.py).
+box statistics as plots, and the scale fit of the data to the configured detector (detcli/evaluation/scale_fit.py).
 Exits 1 when there are defects, so scripts can gate on it."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from rich.table import Table
 
 from detcli.build import instantiate_group
 from detcli.data.checks import apply_policy, report
-from detcli.engine import scale_fit
-from detcli.engine.plots import box_statistics
 from detcli.errors import ConfigError, DetcliError
+from detcli.evaluation import scale_fit
 from detcli.tasks.common import run_dir
+from detcli.visualization.plots import box_statistics
 
 
 def run(cfg: DictConfig) -> int:

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torchvision.io import write_png
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import make_grid
 
 from detcli.build import instantiate_group
 from detcli.data.collate import collate
 from detcli.tasks.common import run_dir
-from detcli.tasks.predict import PALETTE
+from detcli.visualization.draw import draw_boxes
 
 
 def run(cfg: DictConfig) -> str:
@@ -28,10 +28,7 @@ def run(cfg: DictConfig) -> str:
     drawn = []
     for image, boxes, labels in zip(batch["images"], batch["boxes"], batch["labels"]):
         keep = labels >= 0
-        names = [data.class_names[k] for k in labels[keep].tolist()]
-        colors = [PALETTE[k % len(PALETTE)] for k in labels[keep].tolist()]
-        drawn.append(draw_bounding_boxes(image, boxes[keep], labels=names, colors=colors, width=1)
-                     if keep.any() else image)
+        drawn.append(draw_boxes(image, boxes[keep], labels[keep], data.class_names, width=1))
     grid = make_grid(torch.stack(drawn), nrow=max(1, math.ceil(math.sqrt(len(drawn)))), padding=2, pad_value=255)
     path = Path(cfg.output) if cfg.output else out / f"data_show_{cfg.split}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

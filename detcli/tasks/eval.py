@@ -2,8 +2,8 @@
 results file) on the val set.
 
 Writes to the run folder: metrics.json (the 12 COCO statistics, per class AP / AP50 / recall and the
-F1-optimal score threshold (`f1_thresh`, also `score_thresholds` in label order: detcli/engine/thresholds.py,
-what training stores for predict), the TIDE error breakdown (detcli/engine/tide.py), the confusion matrix,
+F1-optimal score threshold (`f1_thresh`, also `score_thresholds` in label order: detcli/evaluation/thresholds.py,
+what training stores for predict), the TIDE error breakdown (detcli/evaluation/tide.py), the confusion matrix,
 VOC AP with `voc=true`, the worst images ranked), detections.json (the model's detections as COCO results: the
 dataset's image and category ids, x, y, w, h in original pixels), pr_curve.png and confusion_matrix.png, and
 worst/<rank>_<file stem>.jpg: the `worst` images with the most missed + false boxes at those thresholds
@@ -26,27 +26,20 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from detcli.build import instantiate_group
+from detcli.build import instantiate_group, load_model
+from detcli.build import load_checkpoint_config as checkpoint_config
 from detcli.data.coco import read_json
 from detcli.data.collate import pad_value
-from detcli.engine.coco_eval import STAT_KEYS
-from detcli.engine.confusion import confusion_matrix
-from detcli.engine.evaluator import collect, score
-from detcli.engine.plots import confusion_matrix_plot, pr_curves
-from detcli.engine.thresholds import f1_thresholds
-from detcli.engine.tide import ERRORS, tide
-from detcli.engine.voc_eval import voc_ap
 from detcli.errors import ConfigError
-from detcli.tasks.common import data_config, load_model, run_dir
-from detcli.tasks.common import load_checkpoint_config as checkpoint_config
-from detcli.tasks.worst import draw_worst
-
-STAT_NAMES = {
-    "map": "AP @ IoU 0.50:0.95", "map_50": "AP @ IoU 0.50", "map_75": "AP @ IoU 0.75",
-    "map_small": "AP small (< 32² px)", "map_medium": "AP medium", "map_large": "AP large (> 96² px)",
-    "mar_1": "AR, 1 detection", "mar_10": "AR, 10 detections", "mar_100": "AR, 100 detections",
-    "mar_small": "AR small", "mar_medium": "AR medium", "mar_large": "AR large",
-}
+from detcli.evaluation.coco import STAT_KEYS, STAT_NAMES
+from detcli.evaluation.confusion import confusion_matrix
+from detcli.evaluation.evaluator import collect, score
+from detcli.evaluation.thresholds import f1_thresholds
+from detcli.evaluation.tide import ERRORS, tide
+from detcli.evaluation.voc import voc_ap
+from detcli.tasks.common import data_config, run_dir
+from detcli.visualization.plots import confusion_matrix_plot, pr_curves
+from detcli.visualization.worst import draw_worst
 
 
 def run(cfg: DictConfig) -> float:

@@ -25,20 +25,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.io import write_jpeg, write_png
-from torchvision.utils import draw_bounding_boxes
 
 from detcli.build import instantiate_group
+from detcli.checkpoint import load_checkpoint
 from detcli.data.base import read_image
 from detcli.data.coco import load_coco_json
 from detcli.data.images import ReadableImageFiles, SkipUnreadable, dataset_ids, find_images, preprocessing
-from detcli.engine.checkpoint import load_checkpoint
+from detcli.deploy.predictors import build_predictor
 from detcli.engine.progress import Progress
 from detcli.errors import ConfigError
 from detcli.tasks.common import log, run_dir
-from detcli.tasks.predictors import build_predictor
-
-PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
-           "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
+from detcli.visualization.draw import draw_boxes
 
 
 def run(cfg: DictConfig) -> int:
@@ -147,9 +144,7 @@ def draw(path: Path, boxes, scores, labels, names: list[str], target: Path) -> N
     """The image with its detections, written at `target` (the input's path under the source, so that
     same-named files of different folders do not collide)."""
     image = read_image(path)
-    captions = [f"{names[lab]} {s:.2f}" for lab, s in zip(labels.tolist(), scores.tolist())]
-    colors = [PALETTE[lab % len(PALETTE)] for lab in labels.tolist()]
-    drawn = draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=2) if len(boxes) else image
+    drawn = draw_boxes(image, boxes, labels, names, scores)
     target.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         write_jpeg(drawn, str(target), quality=92)

@@ -9,14 +9,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from detcli.build import build_model, instantiate_group
+from detcli.checkpoint import load_with_fallback
+from detcli.config import config_diff, default_config, diff_table
 from detcli.data.collate import pad_value
-from detcli.engine.checkpoint import load_with_fallback
-from detcli.engine.config_diff import config_diff, default_config, diff_table
-from detcli.engine.distributed import launch_torchrun, local_device, world_size
+from detcli.device import resolve_device, seed_everything
+from detcli.engine.distributed import is_main_process, launch_torchrun, local_device, world_size
+from detcli.engine.hooks import Hook
 from detcli.engine.trainer import Trainer
-from detcli.engine.utils import is_main_process, resolve_device, seed_everything
 from detcli.errors import CheckpointError
 from detcli.tasks.common import command_overrides, log, overlay, run_dir, save_yaml
+from detcli.visualization.report import write_report
 
 # parts of the config that fix the model's structure: a resumed run must not change them
 STRUCTURE = ("backbone", "neck", "head")
@@ -56,7 +58,8 @@ def run(cfg: DictConfig) -> float:
     logger = instantiate_group("logger", cfg.logger, run_dir=out) if is_main_process() else None
     pad = pad_value(model.pixel_mean)  # padding is 0 after the model's normalisation
     trainer = Trainer(cfg, model, data.train_loader(train_set, int(cfg.seed), rank, world, pad_value=pad),
-                      data.val_loader(val_set, rank, world, pad_value=pad), out, device, meta, logger)
+                      data.val_loader(val_set, rank, world, pad_value=pad), out, device, meta, logger,
+                      hooks=[ReportHook()] if cfg.trainer.get("report", True) else [])
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     result = trainer.fit()
@@ -65,6 +68,26 @@ def run(cfg: DictConfig) -> float:
                  result["elapsed_s"])
     log.info("done: best mAP %.4f; checkpoints in %s", result["best_map"], out / "checkpoints")
     return result["best_map"]
+
+
+class ReportHook(Hook):
+    """trainer.report: curves.png and report.html in the run folder at the end (detcli/visualization/report.py),
+    from the run's logs and its last evaluation. The run is done and saved by then: a failure to draw the
+    report is a warning, not a failed run."""
+
+    def on_start(self, trainer: Trainer) -> None:
+        trainer.keep_evaluation = True
+
+    def on_end(self, trainer: Trainer) -> None:
+        if not trainer.main:
+            return
+        try:
+            paths = write_report(trainer.run_dir, trainer.cfg, trainer.last_evaluation, trainer.meta["class_names"],
+                                 getattr(trainer.val_loader, "dataset", None))
+        except Exception as e:  # noqa: BLE001 - the checkpoints and logs stand without the report
+            log.warning("trainer.report: the run's report could not be written (%s: %s)", type(e).__name__, e)
+            return
+        log.info("report: %s", ", ".join(str(p) for p in paths))
 
 
 def find_checkpoint(resume: str, out: Path) -> Path | None:

@@ -6,7 +6,7 @@ The head predicts; the one thing it does besides is the second stage's input in 
 plus the gt boxes, matched (IoU 0.5) and sampled (512 per image, 25 % positive) by the matcher and the
 sampler of detcli/assigners/max_iou.py, as the Detector contract hands it the targets for. The losses
 live in detcli/losses/faster_rcnn.py, the decoding (FasterRCNNPostprocess) below, the shared NMS in
-detcli/models/postprocess.py.
+detcli/ops/nms.py.
 
 Naming: B = images, L = levels, N = anchors over all levels, P = proposals per image, S = RoIs per image
 (P in eval, the sampled ones in training), M = gt boxes per image, C = classes, F = FC width.
@@ -21,10 +21,12 @@ from torch.utils.checkpoint import checkpoint
 
 from detcli.assigners.max_iou import BalancedSampler, MaxIoUMatcher
 from detcli.models.heads.rpn import RPNHead, select_proposals
-from detcli.models.postprocess import clip_boxes, in_graph, nms_topk, topk_size
 from detcli.ops import box_coder
 from detcli.ops.anchors import AnchorGrid
+from detcli.ops.boxes import clip_boxes
+from detcli.ops.nms import nms_topk
 from detcli.ops.roi_align import MultiLevelRoIAlign, restore_order
+from detcli.ops.tracing import in_graph, topk_size
 
 
 class FasterRCNNHead(nn.Module):

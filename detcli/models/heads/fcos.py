@@ -1,6 +1,6 @@
 """FCOS head (Tian et al. 2019): predicts only. Assignment and losses live in detcli/assigners and
-detcli/losses; the decoding (FCOSPostprocess) is below, the shared selection and NMS in
-detcli/models/postprocess.py.
+detcli/losses; the decoding (FCOSPostprocess) is below, the shared selection in models/heads/dense.py, NMS in
+detcli/ops/nms.py.
 
 Naming: B = images, R = points over all levels, C = classes, A = channels.
 """
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from detcli.models.postprocess import DensePostprocess
+from detcli.models.heads.dense import DensePostprocess
 from detcli.ops.points import PointGrid, ltrb_to_boxes
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detcli.models.postprocess import clip_boxes, nms_topk, topk_size
 from detcli.ops import box_coder
+from detcli.ops.boxes import clip_boxes
+from detcli.ops.nms import nms_topk
+from detcli.ops.tracing import topk_size
 
 
 class RPNHead(nn.Module):

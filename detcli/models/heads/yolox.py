@@ -1,6 +1,6 @@
 """YOLOX head (Ge et al. 2021): predicts only. SimOTA lives in detcli/assigners/simota.py, the losses in
-detcli/losses/yolox.py; the decoding (YOLOXPostprocess) is below, the shared selection and NMS in
-detcli/models/postprocess.py.
+detcli/losses/yolox.py; the decoding (YOLOXPostprocess) is below, the shared selection in models/heads/dense.py, NMS in
+detcli/ops/nms.py.
 
 Naming: B = images, R = points over all levels, C = classes, A = channels.
 """
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from detcli.models.heads.dense import DensePostprocess
 from detcli.models.layers import ConvBNAct, conv
-from detcli.models.postprocess import DensePostprocess
 from detcli.ops.points import PointGrid, offsets_to_boxes
 
 

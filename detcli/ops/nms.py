@@ -1,23 +1,20 @@
-"""From head outputs to detections, for the whole batch at once: the shared NMS (and box voting after it)
-and the one-stage selection (top-k per level, threshold, NMS); each head's own decoding (scores, boxes)
-beside its head.
+"""The NMS every head shares, for the whole batch at once: class-wise NMS inside each image, the best
+`max_det` per image, and box voting after it. The output has a fixed shape, (B, max_det) per image padded
+with score 0 and label -1, so the same code runs in training-time evaluation, predict and the exported ONNX
+graph (a single NonMaxSuppression node there).
 
-The output has a fixed shape, (B, max_det) per image padded with score 0 and label -1, so the same
-code runs in training-time evaluation, predict and the exported ONNX graph (dynamic batch axis, and
-with `export.dynamic` dynamic H, W: the sizes of a graph's top-k follow its input, `topk_size`).
-
-Naming: B = images, R = points, C = classes, K = candidates per image, D = max_det.
+Naming: B = images, C = classes, K = candidates per image, D = max_det, N = kept (image, class, box) rows.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.onnx.operators import shape_as_tensor
+from torch import Tensor
 from torchvision.ops import batched_nms
 
 from detcli.ops.boxes import batched_box_iou
+from detcli.ops.tracing import in_graph
 
 
 class BatchedNMS(torch.autograd.Function):
@@ -44,20 +41,6 @@ class BatchedNMS(torch.autograd.Function):
         thresh = g.op("Constant", value_t=torch.tensor([1e-9], dtype=torch.float32))
         # x1y1x2y2 works with center_point_box=0: IoU does not depend on which axis comes first
         return g.op("NonMaxSuppression", boxes, class_scores, max_per_class, iou_t, thresh)
-
-
-def in_graph() -> bool:
-    """Whether the code runs to be traced (TorchScript) or exported (ONNX) rather than eagerly."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def topk_size(x: Tensor, k: int, dim: int = 1):
-    """min(k, x.shape[dim]), the k of `x.topk`: an int in eager code, a graph value in a traced one, so
-    that a graph with a dynamic input size never asks a small input for more than it has."""
-    if not in_graph():
-        return min(k, x.shape[dim])
-    size = shape_as_tensor(x)[dim : dim + 1]  # (1,)
-    return torch.cat([torch.tensor([k], dtype=size.dtype), size]).min()
 
 
 def nms_topk(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_det: int,
@@ -130,67 +113,3 @@ def vote_boxes(kept: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor,
     # a sum of products, not bmm: autocast would run bmm in bf16 / fp16 and round the coordinates (1 px at 256)
     voted = (weights[..., None] * boxes[:, None]).sum(2) / total.clamp(min=1e-12)  # (B, D, 4)
     return torch.where(total > 0, voted, kept)
-
-
-def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
-    """boxes (B, K, 4), image_sizes (B, 2) as (h, w) -> boxes clipped into each image."""
-    hw = image_sizes.to(boxes.dtype)
-    upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)[:, None]  # (B, 1, 4)
-    return torch.minimum(boxes.clamp(min=0), upper)
-
-
-class DensePostprocess(nn.Module):
-    """Detections from the dense per-point predictions of a one-stage head: the best `topk_per_level`
-    (point, class) scores of each level, clipped boxes, a score threshold, class-wise NMS, `max_det`, box
-    voting with `vote_iou`.
-    A head's postprocess defines `scores_and_boxes` (its decoding) and inherits the rest."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        score_thresh: float = 0.05,
-        topk_per_level: int = 1000,
-        nms_thresh: float = 0.6,
-        max_det: int = 100,
-        vote_iou: float | None = None,
-    ):
-        super().__init__()
-        self.num_classes = num_classes
-        self.vote_iou = vote_iou
-        self.score_thresh = score_thresh
-        self.topk_per_level = topk_per_level
-        self.nms_thresh = nms_thresh
-        self.max_det = max_det
-
-    def scores_and_boxes(self, preds: dict) -> tuple[Tensor, Tensor]:
-        """The head's decoding: scores (B, R, C) in [0, 1] and boxes (B, R, 4) x1y1x2y2 in input pixels, before
-        any threshold, clipping or NMS (what `detcli export export.nms=false` outputs)."""
-        raise NotImplementedError
-
-    def forward(self, preds: dict, image_sizes: Tensor) -> dict[str, Tensor]:
-        C = self.num_classes
-        scores, boxes = self.scores_and_boxes(preds)  # (B, R, C), (B, R, 4)
-        cand_boxes, cand_scores, cand_labels = [], [], []
-        start = 0
-        for n in preds["level_sizes"]:
-            level_scores = scores[:, start : start + n].flatten(1)  # (B, n*C)
-            top, idx = level_scores.topk(topk_size(level_scores, self.topk_per_level), dim=1)  # (B, k)
-            point_idx = idx // C + start
-            cand_boxes.append(torch.gather(boxes, 1, point_idx[..., None].expand(-1, -1, 4)))  # (B, k, 4)
-            cand_scores.append(top)
-            cand_labels.append(idx % C)
-            start += n
-        boxes = clip_boxes(torch.cat(cand_boxes, 1), image_sizes)  # (B, K, 4)
-        scores = torch.cat(cand_scores, 1)  # (B, K)
-        scores = torch.where(scores >= self.score_thresh, scores, torch.full_like(scores, -1.0))
-        return nms_topk(boxes, scores, torch.cat(cand_labels, 1), self.nms_thresh, self.max_det, C,
-                        self.vote_iou)
-
-
-def __getattr__(name: str):
-    """Checkpoints written before the FCOS decoding moved beside its head name it here."""
-    if name == "FCOSPostprocess":
-        from detcli.models.heads.fcos import FCOSPostprocess
-
-        return FCOSPostprocess
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

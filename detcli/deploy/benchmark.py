@@ -15,6 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detcli.deploy.onnx import Exportable, export_onnx
+from detcli.deploy.ort import inference_session
+from detcli.deploy.quantize import quantize_int8
+
 
 def timed(fn: Callable[[], object], warmup: int, iters: int, device: torch.device) -> float:
     """Seconds per call, after warmup calls, with the device synchronised around the timed loop."""
@@ -64,10 +68,6 @@ def onnx_session(model: nn.Module, images: Tensor, providers: tuple[str, ...] = 
     the images' H x W, traced on a CPU copy and checked there; the graph file is gone once loaded.
     `int8_calibration` (N, 3, H, W): the session of its int8 graph instead (`export.quantize=int8`'s),
     calibrated on those images."""
-    from detcli.engine.ort_session import inference_session
-    from detcli.tasks.export import Exportable, export_onnx
-    from detcli.tasks.quantize import quantize_int8
-
     on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     with tempfile.TemporaryDirectory(prefix="detcli_bench_") as folder:
         path = Path(folder) / "model.onnx"

@@ -1,6 +1,6 @@
 """Evaluation over a loader: detections mapped back to original pixels, gathered from every DDP rank, and
-scored by COCO's protocol (detcli/engine/coco_eval.py: the 12 statistics, per-class numbers), with the
-F1-optimal score thresholds per class (detcli/engine/thresholds.py) that training stores in its checkpoints.
+scored by COCO's protocol (detcli/evaluation/coco.py: the 12 statistics, per-class numbers), with the
+F1-optimal score thresholds per class (detcli/evaluation/thresholds.py) that training stores in its checkpoints.
 
 Naming: B = images, D = detections per image (padded with label -1).
 """
@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from detcli.engine.coco_eval import STAT_KEYS, CocoEvaluation, CocoResult
-from detcli.engine.utils import autocast_dtype
-from detcli.models.postprocess import clip_boxes
+from detcli.device import autocast_dtype
+from detcli.evaluation.coco import STAT_KEYS, CocoEvaluation, CocoResult
+from detcli.ops.boxes import clip_boxes
 
 METRIC_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]  # the ones printed in training
 
@@ -78,7 +78,7 @@ def score(dets: list[dict], gts: list[dict], class_names: list[str] | None = Non
 
 @dataclass
 class Evaluation:
-    """One evaluation kept whole: what the end-of-training report draws from (detcli/engine/report.py)."""
+    """One evaluation kept whole: what the end-of-training report draws from (detcli/visualization/report.py)."""
 
     dets: list[dict]  # per image: boxes (D, 4) in original pixels, scores (D,), labels (D,)
     gts: list[dict]  # per image: boxes, labels, iscrowd, area

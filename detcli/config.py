@@ -1,14 +1,24 @@
-"""What is special about a run's config: its keys flattened to dotted paths, compared with the defaults
+"""The shipped config folder (`config_dir`), and what is special about a run's config: its keys flattened to dotted paths, compared with the defaults
 (`detcli train` composed with no overrides) or with the other runs of a comparison. Hydra's own keys are
 left out. A key one side lacks shows as MISSING."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 MISSING = "-"  # the value shown for a key a config does not have
+
+
+def config_dir() -> str:
+    """The shipped configs: detcli/configs in an installed wheel, the repo's configs/ in a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"detcli's configs are missing next to {package}; reinstall detcli.")
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
@@ -41,8 +51,6 @@ def default_config(name: str = "train") -> DictConfig:
     Hydra app through its own initialisation, else on the shipped config folder)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from detcli.cli import config_dir
 
     if GlobalHydra.instance().is_initialized():
         return compose(config_name=name)

@@ -2,7 +2,7 @@
 eval_log.jsonl) and report.html in the run folder. The page is self-contained (inline CSS, every image a
 base64 PNG data URI, no script): the config keys that differ from the defaults, the curves, the final
 metrics with the per-class table, the PR curves, the TIDE breakdown and a grid of predictions on up to
-8 val images. Everything comes from the trainer's last evaluation (detcli/engine/evaluator.py `Evaluation`):
+8 val images. Everything comes from the trainer's last evaluation (detcli/evaluation/evaluator.py `Evaluation`):
 no model runs again here.
 
 Naming: N = images in the grid, D = detections of an image.
@@ -11,7 +11,6 @@ Naming: N = images in the grid, D = detections of an image.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import tempfile
 from datetime import datetime
@@ -21,9 +20,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from detcli.engine.config_diff import config_diff, default_config, short
-from detcli.engine.evaluator import Evaluation
-from detcli.engine.plots import pr_curves, training_curves
+from detcli import runlog
+from detcli.config import config_diff, default_config, short
+from detcli.data.base import read_image
+from detcli.evaluation.coco import STAT_NAMES
+from detcli.evaluation.evaluator import Evaluation
+from detcli.evaluation.tide import ERRORS, tide
+from detcli.visualization.draw import draw_boxes
+from detcli.visualization.plots import pr_curves, training_curves
 
 GRID_IMAGES = 8  # val images drawn with their predictions
 GRID_SIDE = 256  # px: each image is fitted into a square of this side
@@ -38,25 +42,12 @@ th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee}p.note{color:#666}code{background:#f6f6f6;padding:0 .2em}"""
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a jsonl log; none when it is absent. A line cut short (a killed run) is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def write_report(run_dir: Path, cfg: DictConfig, evaluation: Evaluation | None, class_names: list[str],
                  val_set=None) -> list[Path]:
     """curves.png and report.html in `run_dir`; `evaluation` is the run's last one (None when this session
     evaluated nothing: the metrics then come from eval_log.jsonl alone)."""
     run_dir = Path(run_dir)
-    train_log, eval_log = read_jsonl(run_dir / "train_log.jsonl"), read_jsonl(run_dir / "eval_log.jsonl")
+    train_log, eval_log = runlog.train_log(run_dir), runlog.eval_log(run_dir)
     curves = run_dir / "curves.png"
     training_curves(train_log, eval_log, curves)
     parts = [_header(run_dir, train_log, eval_log), _config_section(cfg),
@@ -107,7 +98,6 @@ def _config_section(cfg: DictConfig) -> str:
 
 def _evaluation_sections(evaluation: Evaluation | None, eval_log: list[dict], class_names: list[str],
                          val_set) -> list[str]:
-    from detcli.tasks.eval import STAT_NAMES
 
     final = eval_log[-1] if eval_log else {}
     stats = evaluation.metrics if evaluation is not None else {k: final[k] for k in STAT_NAMES if k in final}
@@ -147,8 +137,6 @@ def _pr_image(evaluation: Evaluation, class_names: list[str]) -> str:
 
 
 def _tide_table(evaluation: Evaluation, class_names: list[str]) -> str:
-    from detcli.engine.tide import ERRORS, tide
-
     t = tide(evaluation.dets, evaluation.gts, len(class_names))
     keys = [*ERRORS, "fp", "fn"]
     rows = [["all classes", *(f"{t['delta'][k]:.4f}" for k in keys)],
@@ -180,19 +168,13 @@ def _draw(path: Path, det: dict, gt: dict, class_names: list[str]) -> torch.Tens
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_bounding_boxes
 
-    from detcli.data.base import read_image
-    from detcli.tasks.predict import PALETTE
-
     image = read_image(path)  # (3, H, W)
     order = det["scores"].argsort(descending=True)  # (D,)
     keep = order[det["scores"][order] >= SCORE_THRESH][:MAX_DRAWN]
     boxes, labels, scores = det["boxes"][keep], det["labels"][keep], det["scores"][keep]  # (D, 4), (D,), (D,)
     if len(gt["boxes"]):
         image = draw_bounding_boxes(image, gt["boxes"].float(), colors="white", width=1)
-    if len(boxes):
-        captions = [f"{class_names[k]} {s:.2f}" for k, s in zip(labels.tolist(), scores.tolist())]
-        colors = [PALETTE[k % len(PALETTE)] for k in labels.tolist()]
-        image = draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=2)
+    image = draw_boxes(image, boxes, labels, class_names, scores)
     h, w = image.shape[-2:]
     scale = GRID_SIDE / max(h, w)
     image = F.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)

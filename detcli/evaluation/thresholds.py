@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+DEFAULT_THRESH = 0.3  # predict.score_thresh=null and no stored threshold for a class
+
 
 @dataclass
 class Matches:

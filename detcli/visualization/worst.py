@@ -1,5 +1,5 @@
 """The worst images of an evaluation: the val images with the most errors (objects missed plus false
-detections, at the per-class F1-optimal thresholds: detcli/engine/thresholds.py) drawn into
+detections, at the per-class F1-optimal thresholds: detcli/evaluation/thresholds.py) drawn into
 `<eval run dir>/worst/<rank>_<file stem>.jpg`, ground truth in green (its class), detections in red (class
 and score). An image that cannot be read is skipped with a note.
 
@@ -8,17 +8,18 @@ Naming: D = detections of an image, G = its objects.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from torch import Tensor
 from torchvision.io import write_jpeg
-from torchvision.utils import draw_bounding_boxes
 
 from detcli.data.base import read_image
-from detcli.engine.thresholds import image_errors, worst_images
 from detcli.errors import DataError
-from detcli.tasks.common import log
-from detcli.tasks.predictors import DEFAULT_THRESH
+from detcli.evaluation.thresholds import DEFAULT_THRESH, image_errors, worst_images
+from detcli.visualization.draw import draw_boxes
+
+log = logging.getLogger("detcli")
 
 GT_COLOR, DET_COLOR = "#00c000", "#ff0000"
 
@@ -52,12 +53,7 @@ def draw_errors(path: Path, g: dict[str, Tensor], d: dict[str, Tensor], kept: Te
                 target: Path) -> None:
     """The image with its objects (green) and kept detections (red), written as a jpeg at `target`."""
     image = read_image(path)
-    g_boxes, g_labels = g["boxes"].float().reshape(-1, 4), g["labels"].tolist()  # (G, 4)
-    d_boxes = d["boxes"][kept].float().reshape(-1, 4)  # (D, 4)
-    d_captions = [f"{names[lab]} {s:.2f}" for lab, s in zip(d["labels"][kept].tolist(), d["scores"][kept].tolist())]
-    if len(g_boxes):
-        image = draw_bounding_boxes(image, g_boxes, labels=[names[lab] for lab in g_labels], colors=GT_COLOR, width=2)
-    if len(d_boxes):
-        image = draw_bounding_boxes(image, d_boxes, labels=d_captions, colors=DET_COLOR, width=2)
+    image = draw_boxes(image, g["boxes"], g["labels"], names, colors=GT_COLOR)
+    image = draw_boxes(image, d["boxes"][kept], d["labels"][kept], names, d["scores"][kept], colors=DET_COLOR)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_jpeg(image, str(target), quality=92)

@@ -15,6 +15,13 @@ from detcli import __version__
 from detcli.errors import CheckpointError
 
 FORMAT_VERSION = 1
+# class paths that checkpoints of older detcli versions store in their config (`_target_`), and where the
+# class lives now: the one place a move of a class needs a line, so old checkpoints keep loading
+RENAMED = {
+    "detcli.models.postprocess.FCOSPostprocess": "detcli.models.heads.fcos.FCOSPostprocess",
+    "detcli.models.postprocess.DensePostprocess": "detcli.models.heads.dense.DensePostprocess",
+    "detcli.engine.hooks.SweepSummary": "detcli.sweeps.SweepSummary",
+}
 _in_progress: set[Path] = set()  # temporary files being written, for a signal handler to remove
 
 
@@ -99,7 +106,17 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"truncated, corrupt, or not a detcli checkpoint.") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"'{path}' is not a detcli checkpoint (no 'model' and 'config' entries).")
+    ckpt["config"] = renamed(ckpt["config"])
     return ckpt
+
+
+def renamed(config):
+    """A stored config with every `_target_` that names a moved class (RENAMED) pointed at its new place."""
+    if isinstance(config, dict):
+        return {k: RENAMED.get(v, v) if k == "_target_" else renamed(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [renamed(v) for v in config]
+    return config
 
 
 def inference_weights(ckpt: dict) -> dict:

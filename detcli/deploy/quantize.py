@@ -31,8 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from detcli.engine.ort_session import inference_session
+from detcli.build import instantiate_group
+from detcli.deploy.onnx import check, onnx_runner
+from detcli.deploy.ort import inference_session
 from detcli.errors import ConfigError, DetcliError
+from detcli.evaluation.evaluator import score, to_original
 
 log = logging.getLogger("detcli")
 NETWORK = ("/model/backbone/", "/model/neck/")  # every node of these module scopes is quantized
@@ -123,12 +126,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: Tensor, head: str, batch: 
             logging.getLogger().setLevel(quiet)
 
 
-def onnx_runner(path: Path):
-    """A function running the graph at `path` in onnxruntime on the CPU, outputs as a tuple of tensors."""
-    session = inference_session(path)
-    return lambda images: tuple(torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()}))
-
-
 def agreement(ref: tuple, got: tuple) -> dict:
     """How far the int8 graph's detections (boxes (B, D, 4), scores (B, D), labels (B, D)) find PyTorch's:
     the share of PyTorch's detections with a same-label int8 one at IoU >= MATCH_IOU, and per image the
@@ -149,9 +146,6 @@ def val_maps(graphs: list[Path], data_cfg: DictConfig, meta: dict, hw: tuple[int
              count: int | None) -> tuple[list[float], int]:
     """COCO mAP (IoU 0.50:0.95) of each graph on the first `count` (None: all) images of the val split,
     preprocessed as predict does for a fixed-size graph, and the number of images."""
-    from detcli.build import instantiate_group
-    from detcli.engine.evaluator import score, to_original
-
     data_cfg = OmegaConf.merge(data_cfg, {"num_workers": 0})  # a few images: no worker processes
     data = instantiate_group("data", data_cfg)
     dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
@@ -175,8 +169,6 @@ def quantize_export(path: Path, options: dict, model: nn.Module, reference: nn.M
                     calibration: tuple[Tensor, str], eval_args: tuple) -> dict:
     """The int8 graph of the fp32 graph at `path`, checked against PyTorch (and evaluated with
     `options["evaluate"]`); returns the sidecars' `quantize` block."""
-    from detcli.tasks.export import check
-
     out = int8_path(path)
     images, source = calibration
     quantize_int8(path, out, images, type(model.head).__name__)

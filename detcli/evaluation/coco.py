@@ -93,3 +93,11 @@ def _xywh(boxes: Tensor) -> Tensor:
     """(n, 4) x1y1x2y2 -> (n, 4) x, y, w, h as COCO stores boxes."""
     boxes = boxes.float().reshape(-1, 4)
     return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+
+
+STAT_NAMES = {  # the names printed beside the metric keys (eval's table, the report)
+    "map": "AP @ IoU 0.50:0.95", "map_50": "AP @ IoU 0.50", "map_75": "AP @ IoU 0.75",
+    "map_small": "AP small (< 32² px)", "map_medium": "AP medium", "map_large": "AP large (> 96² px)",
+    "mar_1": "AR, 1 detection", "mar_10": "AR, 10 detections", "mar_100": "AR, 100 detections",
+    "mar_small": "AR small", "mar_medium": "AR medium", "mar_large": "AR large",
+}

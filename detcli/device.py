@@ -1,4 +1,4 @@
-"""Small runtime helpers shared by the tasks."""
+"""The device, precision and seeding of a run: resolved once from the config, shared by every layer."""
 
 from __future__ import annotations
 
@@ -45,12 +45,8 @@ def autocast_dtype(precision: str, device: torch.device | None = None):
 def resolve_precision(precision: str, device: torch.device, inference: bool = False) -> str:
     """A precision setting as it runs on `device`: fp32, bf16 and fp16 stay; `auto` is
     - on a CUDA GPU: bf16 where torch.cuda.is_bf16_supported(), else fp32 (training and inference);
-    - on a CPU: for inference, bf16 where `cpu_bf16()` finds the instructions, else fp32; for training, fp32.
-      Measured with scripts/check_cpu_precision.py (YOLOX-tiny, tree-crown photos, 1500 steps, this
-      avx512_bf16 CPU, three seeds): bf16 training ran 1.3-1.5x faster and moved val mAP by -2.17, +0.97 and
-      -2.67 points (mean -1.29; fp32 itself spans 0.76 over the seeds), so it does not keep accuracy within
-      0.5 point; bf16 inference moved it by -0.13, +0.03, -0.11 (fp32 models) and +0.23, -0.20, +0.00 (bf16
-      models) at ~1.6-1.9x the speed.
+    - on a CPU: for inference, bf16 where `cpu_bf16()` finds the instructions, else fp32; for training, fp32
+      (bf16 training does not keep accuracy within 0.5 point on CPU: docs/precision.md has the figures).
     The environment variable DETCLI_CPU_BF16=1 (or 0) takes the CPU as having bf16 instructions (or not)
     whatever it has: for tests, or a machine whose flags mislead."""
     if precision != "auto":
@@ -90,7 +86,26 @@ def cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def is_main_process() -> bool:
-    import torch.distributed as dist
+def describe_precision(configured: str, resolved: str, device: torch.device, evaluation: str | None = None) -> str:
+    """The log line's words: what the run trains (and evaluates) in and, for trainer.precision=auto, why."""
+    evals = f", evaluations in {evaluation}" if evaluation and evaluation != resolved else ""
+    if configured != "auto":
+        return f"{resolved}{evals} (trainer.precision={configured})"
+    if device.type == "cpu":
+        bf16 = cpu_bf16()
+        why = ("training in fp32 on a CPU (bf16 training did not keep val mAP within 0.5 point in detcli's check); "
+               + (f"evaluations in bf16: the CPU has bf16 instructions ({bf16})" if bf16 else
+                  f"{CPU_BF16_ENV}=0" if os.environ.get(CPU_BF16_ENV, "").strip() == "0" else
+                  f"the CPU lacks bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"))
+        return f"{resolved}{evals} (trainer.precision=auto: {why}; trainer.precision=bf16 trains in bf16)"
+    why = f"torch.cuda.is_bf16_supported() is {resolved == 'bf16'} on {device}"
+    return f"{resolved}{evals} (trainer.precision=auto: {why}; trainer.precision=fp32 forces fp32)"
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA's peak allocated memory on a GPU, the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

@@ -8,7 +8,7 @@ detections in original pixels, with the classes and the preprocessing it expects
 
 Each backend's `thresholds` (C,) is the score a detection of each class needs: `predict.score_thresh` when
 given, else the per-class F1-optimal thresholds training stored (checkpoint meta / sidecar
-`score_thresholds`, detcli/engine/thresholds.py), DEFAULT_THRESH for a class without one or a model
+`score_thresholds`, detcli/evaluation/thresholds.py), DEFAULT_THRESH for a class without one or a model
 without them.
 
 Naming: B = images, D = detections per image, H, W = the graph's input size.
@@ -25,15 +25,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from detcli.build import load_model
 from detcli.data.collate import pad_value
-from detcli.engine.evaluator import to_original
-from detcli.engine.ort_session import inference_session
-from detcli.engine.utils import autocast_dtype, resolve_device
+from detcli.deploy.ort import inference_session
+from detcli.device import autocast_dtype, resolve_device
 from detcli.errors import ConfigError
-from detcli.tasks.common import load_model
+from detcli.evaluation.evaluator import to_original
+from detcli.evaluation.thresholds import DEFAULT_THRESH
 
 log = logging.getLogger("detcli")
-DEFAULT_THRESH = 0.3  # predict.score_thresh=null and no stored threshold for a class
 SIDECAR_KEYS = ("format", "outputs", "input", "class_names", "cat_ids", "score_thresh", "max_det", "preprocess")
 
 
