@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_coco_eval import fixture, pycocotools_stats  # the parity test's data and reference
-
+from benchkit.coco_fixture import fixture, pycocotools_stats  # the parity test's data and reference
 from detcli.evaluation.coco import STAT_KEYS, CocoEvaluation
 
 

@@ -8,8 +8,8 @@ keeps up with the fastest step rate. Writes summary.json beside the runs.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -22,7 +22,9 @@ def load(folder: Path, name: str) -> dict | None:
 
 
 def main() -> None:
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/bench/gpu")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", type=Path, default=Path("runs/bench/gpu"), help="the runs' JSON")
+    folder = p.parse_args().folder
     summary: dict = {"training": [], "memory": [], "data": None}
     fcos_fp32 = load(folder, "fcos_fp32")
     peer_fp32 = fcos_fp32["img_per_s"].get("torchvision") if fcos_fp32 else None

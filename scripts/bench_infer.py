@@ -42,13 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
+from benchkit.common import (
+    DTYPES,
+    PEERS,
     compose_model,
     default_backbone,
     load_ultralytics,
@@ -56,8 +56,7 @@ from _common import (
     ultralytics_nms,
     yolov8n,
 )
-from bench_train import DTYPES, PEERS, TORCHVISION_MODELS, share_faster_rcnn_weights
-
+from benchkit.torchvision_models import TORCHVISION_MODELS, share_faster_rcnn_weights
 from detcli.deploy.benchmark import onnx_session, synthetic_batch, timed
 from detcli.device import resolve_precision
 

@@ -21,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import compose_model
-
+from benchkit.common import compose_model
 from detcli.deploy.benchmark import synthetic_batch, timed, train_step
 
 

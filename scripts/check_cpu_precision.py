@@ -17,8 +17,9 @@ check says so (DETCLI_CPU_BF16=1 / 0 takes the CPU as having them or not).
 
 The data: the NEON tree-crown tiles of scripts/bench_accuracy.py (the deepforest 2.1.0 wheel's four annotated
 aerial images cut into 400 px tiles: train 133 tiles, 2281 boxes; val 13 tiles, 451 boxes), built and
-cached by that script's functions (runs/bench/cache/deepforest_trees_400, or `--cache`); each run is that
-script's `run_detcli` (a `python -m detcli train` subprocess given only the data, length, batch and size).
+cached by its functions (scripts/benchkit/datasets.py; runs/bench/cache/deepforest_trees_400, or `--cache`);
+each run is its `run_detcli` (scripts/benchkit/runs.py: a `python -m detcli train` subprocess given only the
+data, length, batch and size).
 
     python scripts/check_cpu_precision.py --experiment yolox_tiny --steps 1500 --threads 2   # ~17 min on 2 cores
     python scripts/check_cpu_precision.py --threads 2 --steps 400        # FCOS-R18: ~15 + 8 min
@@ -42,12 +43,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report_rows
-from bench_accuracy import ROOT, dataset, dataset_stats, run_detcli, train_img_per_s
-
-from detcli.build import load_checkpoint_config
+from benchkit.common import ROOT, report_rows
+from benchkit.datasets import dataset, dataset_stats
+from benchkit.runs import run_detcli, train_img_per_s
 from detcli.device import resolve_precision
+from detcli.build import load_checkpoint_config
 
 TOLERANCE = 0.5  # mAP points: |setting - fp32| within this keeps accuracy
 RUNS = {"fp32": ["trainer.precision=fp32"], "bf16": ["trainer.precision=bf16"]}
@@ -187,7 +187,7 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="re-score runs of the same length already in --workdir")
     p.add_argument("--out", default="runs/bench/cpu_precision.json")
     args = p.parse_args()
-    args.device, args.wall_clock = "cpu", None  # what bench_accuracy's run_detcli reads besides these
+    args.device, args.wall_clock = "cpu", None  # what benchkit.runs.run_detcli reads besides these
     seeds = [int(s) for s in str(args.seed).split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)

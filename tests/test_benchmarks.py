@@ -14,7 +14,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 TINY = ["--size", "64", "--batch", "2", "--iters", "1", "--rounds", "1"]
 
 
@@ -35,7 +34,9 @@ def run_script(script: str, *args: str, cwd: Path, home: Path, prelude: str = ""
     env = dict(os.environ)
     for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR"):  # all would move ~'s folders
         env.pop(name, None)
-    env.update(HOME=str(home), PYTHONWARNINGS="ignore")
+    # runpy puts no script folder on the import path: scripts/ goes on PYTHONPATH, for benchkit
+    env.update(HOME=str(home), PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")])))
     run = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
     return subprocess.run([sys.executable, "-c", f"{prelude}\n{run}", str(SCRIPTS / script), *args],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=900, check=False)
@@ -132,15 +133,15 @@ def test_accuracy_yolox_and_ultralytics_runs(tmp_path, cache_dir):
 
 
 def test_load_ultralytics_missing(monkeypatch, capsys):
-    import _common
+    from benchkit import common
 
-    monkeypatch.setattr(_common, "find_spec", lambda name: None)
-    assert _common.load_ultralytics() is None
+    monkeypatch.setattr(common, "find_spec", lambda name: None)
+    assert common.load_ultralytics() is None
     assert "pip install -e .[bench]" in capsys.readouterr().out
 
 
 def test_ultralytics_batch_is_normalised_cxcywh():
-    from _common import ultralytics_batch
+    from benchkit.common import ultralytics_batch
 
     batch = {"images": torch.zeros(2, 3, 64, 128, dtype=torch.uint8),  # H 64, W 128
              "boxes": torch.tensor([[[8.0, 16, 24, 48]], [[0, 0, 128, 64]]]),  # (B, M, 4) x1y1x2y2
@@ -154,7 +155,7 @@ def test_ultralytics_batch_is_normalised_cxcywh():
 @pytest.mark.parametrize("steps, n_train, batch, epochs", [(1200, 133, 8, 71), (2, 10, 2, 1), (10, 10, 2, 2),
                                                            (11, 10, 2, 3), (16, 9, 4, 6)])
 def test_ultralytics_epochs_cover_the_steps(steps, n_train, batch, epochs):
-    from bench_accuracy import ultralytics_epochs
+    from benchkit.peers import ultralytics_epochs
 
     assert ultralytics_epochs(steps, n_train, batch) == epochs
 
@@ -162,7 +163,7 @@ def test_ultralytics_epochs_cover_the_steps(steps, n_train, batch, epochs):
 def test_yolo_view(tmp_path):
     """Labels are class cx cy w h normalised by the image, classes in category-id order, crowd boxes
     left out; images are links to the COCO tiles, which stay as they were; a second call reuses it."""
-    from bench_accuracy import yolo_view
+    from benchkit.datasets import yolo_view
 
     coco = tmp_path / "coco"
     (coco / "images").mkdir(parents=True)

@@ -154,12 +154,8 @@ def test_whole_model_equals_torchvision_faster_rcnn_with_shared_weights():
     """`detcli` Faster R-CNN (timm resnet18, FPN with max-pooled P6, RPN, RoI head, postprocess) against
     torchvision's FasterRCNN (its transform, resnet18 + FPN extractor, RPN, RoIHeads) holding the same weights,
     as scripts/bench_*.py compare them: the same detections from 0-255 images (1e-3 px, 1e-4 in score)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from _common import compose_model
-    from bench_train import share_faster_rcnn_weights, torchvision_faster_rcnn
+    from benchkit.common import compose_model
+    from benchkit.torchvision_models import share_faster_rcnn_weights, torchvision_faster_rcnn
 
     torch.manual_seed(0)
     ours, _ = compose_model(["backbone=resnet18", "head=faster_rcnn"], num_classes=C)

@@ -1,7 +1,10 @@
-"""Shared by the benchmarks: build a detcli model from config overrides, the tables, and the ultralytics
-peer (an optional `bench` extra, imported lazily, offline). The measuring itself (timing, synthetic
-batches, the onnxruntime session, the training step) is detcli.deploy.benchmark, which `detcli bench`
-uses too."""
+"""Shared by the benchmarks: the repository's root, the precisions and each head's peer, build a detcli model
+from config overrides, the tables, and the ultralytics peer (an optional `bench` extra, imported lazily,
+offline). The measuring itself (timing, synthetic batches, the onnxruntime session, the training step) is
+detcli.deploy.benchmark, which `detcli bench` uses too.
+
+Naming: B = images, M = boxes per image, N = boxes of the batch (B x M), H, W = image height and width.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: scripts/benchkit/ is two levels down
 BENCH_CACHE = Path("runs/bench/cache")  # the benchmarks' cache, relative to the working folder
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PEERS = {"fcos": "torchvision", "yolox": "ultralytics", "faster_rcnn": "torchvision"}  # each head's peer
 
 
 def compose_model(overrides: list[str], num_classes: int = 80):

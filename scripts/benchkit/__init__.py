@@ -1,0 +1,1 @@
+"""The benchmark scripts' shared code (scripts/bench_*.py, scripts/check_cpu_precision.py)."""
