@@ -97,7 +97,7 @@ def test_yolox_s_recipe_is_the_published_one():
 
 def test_yolox_brings_its_sgd_lr_only_with_sgd_and_overrides_win():
     assert compose_train().trainer.optimizer.lr == 0.004  # FCOS keeps the trainer's default
-    assert compose_train("head=yolox").trainer.optimizer.lr == 0.04  # head_optimizer/yolox_sgd.yaml
+    assert compose_train("head=yolox").trainer.optimizer.lr == 0.04  # trainer/optimizer/sgd/yolox.yaml
     assert compose_train("head=yolox", "trainer/optimizer=adamw").trainer.optimizer.lr == 1e-3
     assert compose_train("head=yolox", "trainer.optimizer.lr=0.005").trainer.optimizer.lr == 0.005
     assert compose_train("experiment=yolox_s").trainer.optimizer.lr == 0.01  # a preset states its own
@@ -106,10 +106,10 @@ def test_yolox_brings_its_sgd_lr_only_with_sgd_and_overrides_win():
 def test_yolox_brings_mosaic_over_any_data_and_overrides_win():
     for data in ("toy", "coco", "voc", "yolo"):
         d = compose_train("head=yolox", f"data={data}").data
-        assert d.mosaic == 1.0 and d.close_mosaic == 0.1, data  # head_data/yolox.yaml
+        assert d.mosaic == 1.0 and d.close_mosaic == 0.1, data  # head/yolox.yaml data:
         assert list(d.hsv) == [0.015, 0.7, 0.4], data
     assert compose_train().data.mosaic == 0.0  # FCOS: the data config's own
     assert compose_train().data.hsv is None
     assert compose_train("head=yolox", "data.mosaic=0").data.mosaic == 0
-    toy = compose_train("experiment=toy", "head=yolox").data  # experiment_head/toy_yolox.yaml
+    toy = compose_train("experiment=toy", "head=yolox").data  # experiment/toy.yaml: no mosaic, whatever the head
     assert toy.mosaic == 0.0 and toy.close_mosaic == 0
