@@ -32,8 +32,10 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# ruff, and the package's import layers (import-linter, [tool.importlinter] in pyproject.toml)
 lint: install
 	$(BIN)/ruff check detcli tests scripts
+	$(BIN)/lint-imports
 
 # the manual (docs/) as a site in site/; --strict: any warning (a broken link, a page left out of nav) fails
 docs: install

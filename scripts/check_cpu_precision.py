@@ -46,8 +46,8 @@ import torch
 from benchkit.common import ROOT, report_rows
 from benchkit.datasets import dataset, dataset_stats
 from benchkit.runs import run_detcli, train_img_per_s
-from detcli.device import resolve_precision
 from detcli.build import load_checkpoint_config
+from detcli.device import resolve_precision
 
 TOLERANCE = 0.5  # mAP points: |setting - fp32| within this keeps accuracy
 RUNS = {"fp32": ["trainer.precision=fp32"], "bf16": ["trainer.precision=bf16"]}
