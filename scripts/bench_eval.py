@@ -1,7 +1,7 @@
 """COCO evaluation speed: detcli's evaluator (detcli/evaluation/coco.py: faster-coco-eval's C++ COCOeval)
 against pycocotools' COCOeval on the same ground truth and detections (synthetic: objects of several sizes and
 classes, noisy detections with misses, duplicates and false positives), measured in the same run; also checks
-that the 12 statistics agree (the parity test is tests/test_coco_eval.py). pycocotools is a test-only
+that the 12 statistics agree (the parity test is tests/evaluation/test_coco_eval.py). pycocotools is a test-only
 dependency (the `dev` extra).
 
     python scripts/bench_eval.py                          # 500 images, ~5000 detections

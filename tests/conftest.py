@@ -1,6 +1,12 @@
+"""What the suite shares: the toy data cache, the CLI run in a subprocess, the toy training runs every CLI test
+reads (trained once per session, `trained_run` and `toy_run`), and the helpers of the resume tests."""
+
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,12 +34,37 @@ TINY = ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.batch_siz
 
 def detcli(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 600):
     """Run the installed CLI in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # a wide console: rich wraps table cells (a long tmp path) at the default 80 columns of a pipe
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-m", "detcli", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"detcli {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# the postprocess of `toy_run` keeps candidates down to this score: a 6-step YOLOX scores about 1e-4 (its prior
+# squared), under its default threshold; an exported graph bakes it in and predict asks for the same
+TOY_THRESH = "1e-05"
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory, cache_dir):
+    """`toy_run(head)`: the run folder of a 6-step toy training of `head` (TINY), trained once per session and
+    shared by the CLI tests of every head (eval, predict, export, the ONNX backend). YOLOX's with box voting
+    (the small presets' postprocess): an exported graph must vote as eager code does."""
+    runs: dict[str, Path] = {}
+
+    def run(head: str) -> Path:
+        if head not in runs:
+            out = tmp_path_factory.mktemp(f"toy_{head}")
+            vote = ["postprocess.vote_iou=0.6"] if head == "yolox" else []
+            detcli("train", *TINY, f"head={head}", "trainer.max_steps=6", "trainer.log_interval=2",
+                   f"postprocess.score_thresh={TOY_THRESH}", *vote, f"hydra.run.dir={out}")
+            runs[head] = out
+        return runs[head]
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +73,50 @@ def trained_run(tmp_path_factory, cache_dir) -> Path:
     run = tmp_path_factory.mktemp("train")
     detcli("train", *TINY, "trainer.max_steps=6", "trainer.log_interval=2", f"hydra.run.dir={run}")
     return run
+
+
+# 64 px toy images, a checkpoint after every step: fast, and any step can be resumed from
+FAST = ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.batch_size=4", "data.canvas=64",
+        "data.image_size=64", "trainer.log_interval=1", "trainer.eval_interval=1000", "trainer.checkpoint_interval=1"]
+
+
+def losses(run: Path) -> dict[int, float]:
+    """step -> loss of a run's train_log.jsonl (the last line of a step wins, as after a resume)."""
+    out = {}
+    for line in (run / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[r["step"]] = r["loss"]
+    return out
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "detcli", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    log = run / "train_log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and any(json.loads(x)["step"] >= step for x in log.read_text().splitlines() if x):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early:\n{proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached")
+
+
+def assert_resume_is_exact(tmp_path: Path, args: list[str], kill_at: int, steps: int) -> None:
+    """A run killed with SIGKILL after step `kill_at` and resumed logs the same loss at every one of its
+    `steps` as an uninterrupted run ({tmp_path}/whole and {tmp_path}/killed)."""
+    detcli("train", *args, f"hydra.run.dir={tmp_path}/whole")
+    proc = start(*args, f"hydra.run.dir={tmp_path}/killed")
+    wait_for_step(tmp_path / "killed", kill_at, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert losses(tmp_path / "killed").keys() != set(range(1, steps + 1))
+    detcli("train", *args, f"hydra.run.dir={tmp_path}/killed", "resume=auto")
+    whole, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert resumed[step] == pytest.approx(whole[step], abs=1e-6), step

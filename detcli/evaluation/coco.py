@@ -3,7 +3,7 @@ the 12 summary statistics, per-class AP / AP50 / recall, and the precision array
 
 Detections and ground truth arrive per image, in original pixels and contiguous labels; they are scored
 with internal ids (images 1..N, categories label + 1) so that any dataset, or a results file, goes
-through the same code. `tests/test_coco_eval.py` checks the statistics against pycocotools itself.
+through the same code. `tests/evaluation/test_coco_eval.py` checks the statistics against pycocotools itself.
 
 Naming: N = images, C = classes, T = IoU thresholds (0.50:0.05:0.95), R = recall points (101),
 A = area ranges (all, small, medium, large), M = max detections (1, 10, 100).

@@ -14,7 +14,7 @@ A fixed cls / loc detection whose object is already matched becomes a duplicate,
 are neither matched nor missed: detections on them are ignored, as in COCO.
 
 AP here is COCO's 101-point interpolated AP at IoU 0.5 per class, averaged over the classes with objects.
-Written by hand (TIDE's package `tidecv` is not maintained for current numpy); tests/test_tide.py plants
+Written by hand (TIDE's package `tidecv` is not maintained for current numpy); tests/evaluation/test_tide.py plants
 each error type in a fixture and checks that fixing it recovers the AP reported.
 
 Naming: D = detections of an image, G = its objects.

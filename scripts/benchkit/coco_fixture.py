@@ -1,5 +1,5 @@
 """Synthetic COCO ground truth and detections, and pycocotools' own statistics of them: the data and the
-reference of the parity test (tests/test_coco_eval.py) and of the speed benchmark (scripts/bench_eval.py).
+reference of the parity test (tests/evaluation/test_coco_eval.py) and of the speed benchmark (scripts/bench_eval.py).
 pycocotools is a test-only dependency (the `dev` extra), imported when its statistics are asked for.
 
 Naming: n = objects of an image.

@@ -1,5 +1,5 @@
 """torchvision's detectors as the benchmarks compare detcli with them (scripts/bench_train.py,
-scripts/bench_infer.py, scripts/bench_accuracy.py, tests/test_faster_rcnn_parity.py): FCOS and FasterRCNN on a
+scripts/bench_infer.py, scripts/bench_accuracy.py, tests/models/test_faster_rcnn_parity.py): FCOS and FasterRCNN on a
 torchvision resnet + FPN, sized and set like detcli's, and detcli's Faster R-CNN weights loaded into
 torchvision's twin.
 

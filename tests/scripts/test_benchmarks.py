@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 TINY = ["--size", "64", "--batch", "2", "--iters", "1", "--rounds", "1"]
 

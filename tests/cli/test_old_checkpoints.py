@@ -10,7 +10,7 @@ from conftest import detcli
 
 from detcli.build import load_model
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HEADS = ["fcos", "yolox", "faster_rcnn"]
 
 

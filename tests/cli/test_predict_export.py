@@ -8,37 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, detcli
+from conftest import TOY_THRESH, detcli
 
 from detcli.deploy.ort import inference_session
 
 HEADS = ["fcos", "yolox", "faster_rcnn"]
-# the postprocess keeps candidates down to this score: a 6-step YOLOX scores about 1e-4 (its prior squared),
-# under its default threshold; the graph bakes it in and predict asks for the same
-THRESH = "1e-05"
-_trained: dict[str, Path] = {}
-
-
-def toy_checkpoint(head: str, tmp_path_factory) -> Path:
-    """A 6-step toy checkpoint of `head` (as test_heads_cli.py's), trained once per module."""
-    if head not in _trained:
-        run = tmp_path_factory.mktemp(f"pe_{head}")
-        # YOLOX's with box voting (the small presets' postprocess): the graph must vote as eager code does
-        vote = ["postprocess.vote_iou=0.6"] if head == "yolox" else []
-        detcli("train", *TINY, f"head={head}", "trainer.max_steps=6", "trainer.log_interval=2",
-               f"postprocess.score_thresh={THRESH}", *vote, f"hydra.run.dir={run}")
-        _trained[head] = run / "checkpoints" / "last.pt"
-    return _trained[head]
-
-
 @pytest.fixture(scope="module", params=HEADS)
-def head_ckpt(request, tmp_path_factory, cache_dir):
-    return request.param, toy_checkpoint(request.param, tmp_path_factory)
+def head_ckpt(request, toy_run):
+    return request.param, toy_run(request.param) / "checkpoints" / "last.pt"
 
 
 @pytest.fixture(scope="module")
-def fcos_ckpt(tmp_path_factory, cache_dir):
-    return toy_checkpoint("fcos", tmp_path_factory)
+def fcos_ckpt(toy_run):
+    return toy_run("fcos") / "checkpoints" / "last.pt"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +57,7 @@ def test_onnx_backend_gives_the_torch_predictions(head_ckpt, val_dir, tmp_path):
     check = sidecar["check"]  # the export checked itself on the training images, figures beside the model
     assert check["images"].startswith("train split: train_") and check["enforced"] is True
     assert check["inputs"][0]["input"] == [2, 3, 128, 128] and check["max_abs_box_diff"] <= 1e-3
-    common = [f"source={val_dir}", f"predict.score_thresh={THRESH}", "save_images=false"]
+    common = [f"source={val_dir}", f"predict.score_thresh={TOY_THRESH}", "save_images=false"]
     detcli("predict", f"checkpoint={ckpt}", *common, f"hydra.run.dir={tmp_path}/torch")
     detcli("predict", "predict.backend=onnx", f"predict.onnx={tmp_path}/export/model.onnx", *common,
            f"hydra.run.dir={tmp_path}/onnx")

@@ -76,7 +76,7 @@ def test_a_resumed_time_limited_run_continues_the_clock(tmp_path, cache_dir):
     """Stopped by SIGTERM part-way and resumed, the run spends what was left of its limit, not a new one."""
     import signal
 
-    from test_trainer import start, wait_for_step
+    from conftest import start, wait_for_step
 
     limit, run = 16.0, tmp_path / "run"
     args = [*TINY, f"trainer.time_limit={limit:g}s", "trainer.eval_interval=20", "trainer.log_interval=5",

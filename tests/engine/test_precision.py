@@ -17,7 +17,7 @@ from detcli.device import autocast_dtype, cpu_bf16, cpuinfo_flags, resolve_preci
 from detcli.errors import ConfigError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # 64 px toy images: the trainer's first lines and its checkpoint in a few seconds
 FAST = ["experiment=toy", "data.num_train=16", "data.num_val=4", "data.batch_size=4", "data.canvas=64",
         "data.image_size=64", "trainer.log_interval=1", "trainer.report=false"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, detcli
+from conftest import detcli
 
 HEADS = {  # head -> (config classes its run folder names, loss terms, ONNX ops its graph holds)
     "yolox": ({"PAFPN", "YOLOXCriterion", "SimOTAAssigner"}, {"loss_box", "loss_obj", "loss_cls", "loss_l1"},
@@ -18,11 +18,8 @@ HEADS = {  # head -> (config classes its run folder names, loss terms, ONNX ops 
 
 
 @pytest.fixture(scope="module", params=list(HEADS))
-def head_run(request, tmp_path_factory, cache_dir):
-    run = tmp_path_factory.mktemp(request.param)
-    detcli("train", *TINY, f"head={request.param}", "trainer.max_steps=6", "trainer.log_interval=2",
-           f"hydra.run.dir={run}")
-    return request.param, run
+def head_run(request, toy_run):
+    return request.param, toy_run(request.param)
 
 
 def test_train_logs_the_head_terms(head_run):

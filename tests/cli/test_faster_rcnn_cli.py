@@ -4,8 +4,7 @@ resume (the RPN's and the RoI head's random sampling included) and the toy set's
 import json
 
 import pytest
-from conftest import detcli
-from test_trainer import FAST, assert_resume_is_exact
+from conftest import FAST, assert_resume_is_exact, detcli
 
 FRCNN = ["head=faster_rcnn"]
 

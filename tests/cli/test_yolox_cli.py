@@ -4,21 +4,20 @@ across the epoch where mosaic closes and the L1 term opens, and the toy budget."
 import json
 
 import pytest
-from conftest import detcli
-from test_trainer import FAST, assert_resume_is_exact
+from conftest import FAST, assert_resume_is_exact, detcli
 
 YOLOX = ["head=yolox"]
 
 
 def test_resume_is_exact_across_the_close_of_mosaic(tmp_path, cache_dir):
-    """8 steps per epoch, 3 epochs, mosaic + mixup in the first two, L1 on in the last: killed at step 11 and
+    """4 steps per epoch, 3 epochs, mosaic + mixup in the first two, L1 on in the last: killed at step 6 and
     resumed, every step's loss equals the uninterrupted run's."""
-    args = [*FAST, *YOLOX, "data.num_workers=1", "trainer.max_steps=24", "data.mosaic=1.0", "data.mixup=0.5",
-            "data.close_mosaic=1"]
-    assert_resume_is_exact(tmp_path, args, 11, 24)
+    args = [*FAST, *YOLOX, "data.num_train=16", "data.num_workers=1", "trainer.max_steps=12", "data.mosaic=1.0",
+            "data.mixup=0.5", "data.close_mosaic=1"]
+    assert_resume_is_exact(tmp_path, args, 6, 12)
     l1 = {json.loads(x)["step"]: json.loads(x)["loss_l1"]
           for x in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()}
-    assert all(l1[s] == 0 for s in range(1, 17)) and all(l1[s] > 0 for s in range(17, 25))
+    assert all(l1[s] == 0 for s in range(1, 9)) and all(l1[s] > 0 for s in range(9, 13))
 
 
 @pytest.mark.slow
