@@ -26,8 +26,10 @@ demo: install
 		hydra.run.dir=$(DEMO)/predict
 	$(DEMO_ENV) $(BIN)/detcli export checkpoint=$(DEMO)/train/checkpoints/best.pt format=onnx hydra.run.dir=$(DEMO)/export
 
+# two workers (pytest-xdist) on the non-slow cases, then the wall-clock ones alone (marker `serial`)
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not serial" -n 2 --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "serial and not slow" $(PYTEST_ARGS)
 
 test-all: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # `make test` runs two workers on this 2-core machine: one thread each, and for the CLI runs they start
+    # (and their loader workers), so that no process waits on another's spinning threads
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # trainer.precision=auto resolves to fp32 in the suite whatever the CPU (its pinned values are fp32); the
 # tests of the bf16 path set DETCLI_CPU_BF16=1 themselves (detcli/device.py: resolve_precision)
 os.environ.setdefault("DETCLI_CPU_BF16", "0")

@@ -9,7 +9,7 @@ from test_configs import compose_train
 
 from detcli.build import build_model
 
-SMALL = ["data.num_train=32", "data.num_val=8", "data.batch_size=8", "data.num_workers=0", "data.image_size=128"]
+SMALL = ["data.num_train=32", "data.num_val=8", "data.batch_size=4", "data.num_workers=0", "data.image_size=64"]
 
 
 def test_yolox_multipliers_and_sizes():
@@ -30,7 +30,7 @@ def test_yolox_multipliers_and_sizes():
 
 @pytest.mark.parametrize("preset", ["yolox_nano", "yolox_tiny", "yolox_r18", "fcos_lite"])
 def test_preset_trains_on_the_toy_set_and_evaluates(preset, tmp_path, cache_dir):
-    detcli("train", f"experiment={preset}", *SMALL, "trainer.max_steps=4", "trainer.log_interval=2",
+    detcli("train", f"experiment={preset}", *SMALL, "trainer.max_steps=2", "trainer.log_interval=1",
            f"hydra.run.dir={tmp_path}/train")
     assert f"experiment: {preset}" in (tmp_path / "train" / ".hydra" / "overrides.yaml").read_text().replace("=", ": ")
     detcli("eval", f"checkpoint={tmp_path}/train/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval")

@@ -196,6 +196,7 @@ def _wall_clock_args(runs: str) -> list[str]:
             "--device", "cpu", "--cache", "cache", "--workdir", "runs", "--out", "out.json"]
 
 
+@pytest.mark.serial
 def test_accuracy_at_equal_wall_clock_runs_a_preset_under_the_time_limit(tmp_path, cache_dir):
     """--wall-clock: a preset trains for the time (trainer.time_limit) and is scored once, at the end."""
     proc = run_script("bench_accuracy.py", *_wall_clock_args("yolox_nano"), cwd=tmp_path, home=tmp_path / "home")
