@@ -11,7 +11,6 @@ from detcli.build import build_model
 from detcli.config import config_dir
 from detcli.data.collate import collate
 
-
 STEPS = {"fcos": 80, "yolox": 80, "faster_rcnn": 120}  # both of Faster R-CNN's stages halve their losses by 120
 
 
