@@ -35,7 +35,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 # small enough for a CPU run of a few seconds, big enough to exercise batching and evaluation
-TINY = ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.batch_size=8", "data.num_workers=0"]
+# (no end-of-training report: only `trained_run`'s is read, by tests/visualization/test_report.py)
+TINY = ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.batch_size=8", "data.num_workers=0",
+        "trainer.report=false"]
 
 
 def detcli(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 600):
@@ -77,13 +79,15 @@ def toy_run(tmp_path_factory, cache_dir):
 def trained_run(tmp_path_factory, cache_dir) -> Path:
     """A short toy training run shared by the eval / predict / export tests."""
     run = tmp_path_factory.mktemp("train")
-    detcli("train", *TINY, "trainer.max_steps=6", "trainer.log_interval=2", f"hydra.run.dir={run}")
+    detcli("train", *TINY, "trainer.report=true", "trainer.max_steps=6", "trainer.log_interval=2",
+           f"hydra.run.dir={run}")
     return run
 
 
 # 64 px toy images, a checkpoint after every step: fast, and any step can be resumed from
 FAST = ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.batch_size=4", "data.canvas=64",
-        "data.image_size=64", "trainer.log_interval=1", "trainer.eval_interval=1000", "trainer.checkpoint_interval=1"]
+        "data.image_size=64", "trainer.log_interval=1", "trainer.eval_interval=1000", "trainer.checkpoint_interval=1",
+        "trainer.report=false"]
 
 
 def losses(run: Path) -> dict[int, float]:
