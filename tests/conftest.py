@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
@@ -25,13 +26,31 @@ else:
 os.environ.setdefault("DETCLI_CPU_BF16", "0")
 
 
+def session_root(tmp_path_factory) -> Path:
+    """This test session's folder: under pytest-xdist the one above every worker's own, so that the workers
+    share the toy data and the toy runs instead of each making its own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """DETCLI_CACHE for every test: toy data is generated there, never in the user's home."""
-    path = tmp_path_factory.getbasetemp() / "cache"
+    """DETCLI_CACHE for every test: toy data is generated there, never in the user's home (the generator
+    writes a set into a temporary folder and renames it: workers may race for the same set)."""
+    path = session_root(tmp_path_factory) / "cache"
     path.mkdir(exist_ok=True)
     os.environ["DETCLI_CACHE"] = str(path)
     return path
+
+
+def shared_run(tmp_path_factory, name: str, *args: str) -> Path:
+    """The folder of `detcli train *args`, trained once per session by whichever worker asks first."""
+    run = session_root(tmp_path_factory) / "runs" / name
+    run.parent.mkdir(exist_ok=True)
+    with FileLock(f"{run}.lock"):
+        if not (run / "checkpoints" / "last.pt").is_file():
+            detcli("train", *args, f"hydra.run.dir={run}")
+    return run
 
 
 # small enough for a CPU run of a few seconds, big enough to exercise batching and evaluation
@@ -65,11 +84,9 @@ def toy_run(tmp_path_factory, cache_dir):
 
     def run(head: str) -> Path:
         if head not in runs:
-            out = tmp_path_factory.mktemp(f"toy_{head}")
             vote = ["postprocess.vote_iou=0.6"] if head == "yolox" else []
-            detcli("train", *TINY, f"head={head}", "trainer.max_steps=6", "trainer.log_interval=2",
-                   f"postprocess.score_thresh={TOY_THRESH}", *vote, f"hydra.run.dir={out}")
-            runs[head] = out
+            runs[head] = shared_run(tmp_path_factory, f"toy_{head}", *TINY, f"head={head}", "trainer.max_steps=6",
+                                    "trainer.log_interval=2", f"postprocess.score_thresh={TOY_THRESH}", *vote)
         return runs[head]
 
     return run
@@ -78,10 +95,8 @@ def toy_run(tmp_path_factory, cache_dir):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, cache_dir) -> Path:
     """A short toy training run shared by the eval / predict / export tests."""
-    run = tmp_path_factory.mktemp("train")
-    detcli("train", *TINY, "trainer.report=true", "trainer.max_steps=6", "trainer.log_interval=2",
-           f"hydra.run.dir={run}")
-    return run
+    return shared_run(tmp_path_factory, "trained", *TINY, "trainer.report=true", "trainer.max_steps=6",
+                      "trainer.log_interval=2")
 
 
 # 64 px toy images, a checkpoint after every step: fast, and any step can be resumed from
