@@ -94,6 +94,13 @@ def agree(value: float, op: str, device: torch.device) -> float:
     return t.item()
 
 
+def reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """The minimum of a tensor over the ranks (in place, on its device: no host sync)."""
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def mean(t: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over the ranks (in place)."""
     if active():

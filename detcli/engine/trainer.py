@@ -203,8 +203,8 @@ class Trainer:
         """One host sync per step: a non-finite loss (or, with clipping in fp32 / bf16, gradient norm
         `grad_norm`) must stop (or skip) before it reaches the weights."""
         loss = sum(losses.values())
-        # every rank must take the same decision
-        if distributed.agree(float(torch.isfinite(loss)), "min", self.device):
+        finite = distributed.reduce_min(torch.isfinite(loss).float().reshape(1))  # every rank takes the same decision
+        if bool(finite):
             return True
         bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))} or {"loss (another rank)": math.nan}
         if self.t.on_nonfinite == "skip":
