@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-log = logging.getLogger("detcli.engine.trainer")
+log = logging.getLogger(__name__)
 
 
 def compiled(module: nn.Module) -> nn.Module:
