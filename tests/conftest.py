@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
+from forked_cli import forked_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
@@ -60,11 +61,16 @@ TINY = ["experiment=toy", "data.num_train=32", "data.num_val=8", "data.batch_siz
 
 
 def detcli(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 600):
-    """Run the installed CLI in a subprocess, as a user would."""
+    """Run the CLI in a process of its own, as a user would: `detcli.cli.main(args)` in a child of a fork server
+    that has imported torch, torchvision, timm and detcli once (a fresh `python -m detcli` spends ~3 s of CPU on
+    those imports, half of this suite's time). DETCLI_TEST_EXEC=1 starts `python -m detcli` instead."""
     # a wide console: rich wraps table cells (a long tmp path) at the default 80 columns of a pipe
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "detcli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout, check=False)
+    if os.environ.get("DETCLI_TEST_EXEC") == "1":
+        proc = subprocess.run([sys.executable, "-m", "detcli", *args], capture_output=True, text=True, cwd=cwd,
+                              env=env, timeout=timeout, check=False)
+    else:
+        proc = forked_cli(list(args), env, cwd, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"detcli {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

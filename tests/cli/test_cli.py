@@ -1,6 +1,8 @@
 """The CLI end to end in subprocesses, as a user runs it."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -11,6 +13,16 @@ def test_help_lists_subcommands():
     out = detcli("--help").stdout
     for cmd in ("train", "eval", "predict", "export", "bench", "backbones"):
         assert f"  {cmd} " in out
+
+
+def test_the_installed_console_script_runs_in_a_new_interpreter():
+    """The suite's other CLI runs fork from a process that has imported detcli (tests/forked_cli.py); this one
+    starts the `detcli` script pip installed, as a user's shell does."""
+    script = Path(sys.executable).with_name("detcli")
+    proc = subprocess.run([str(script), "train", "--cfg", "job", "experiment=toy"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "backbone:" in proc.stdout and "resnet10t" in proc.stdout
 
 
 def test_train_help_shows_groups():
