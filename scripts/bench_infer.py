@@ -34,7 +34,10 @@ bench_train.py; `--compile` torch.compiles detcli's model only. The onnxruntime 
 
 On the CPU every run prints onnxruntime / eager (detcli's ONNX export in onnxruntime, the session options
 of detcli/deploy/ort.py, as many intra-op threads as torch has: --threads sets both); with --int8
-also the int8 graph's images/s and its ratios to eager and to the fp32 graph.
+also the int8 graph's images/s and its ratios to eager and to the fp32 graph. Where OpenVINO is installed
+(the `openvino` extra), the same graph as `detcli export format=openvino` writes it, in OpenVINO
+(detcli/deploy/openvino.py: as many threads as torch) in fp32 and at detcli's inference precision (bf16 on a
+CPU that computes it natively), and with --int8 its NNCF int8 IR: each against eager and onnxruntime fp32.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from benchkit.common import (
     yolov8n,
 )
 from benchkit.torchvision_models import TORCHVISION_MODELS, share_faster_rcnn_weights
-from detcli.deploy.benchmark import onnx_session, synthetic_batch, timed
+from detcli.deploy.benchmark import onnx_session, openvino_model, synthetic_batch, timed
 from detcli.device import resolve_precision
 
 SCORE = 0.2  # every candidate's initial score, on both sides
@@ -164,6 +167,13 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def openvino_installed() -> bool:
+    """OpenVINO and NNCF (the `openvino` extra) importable: the OpenVINO rows are measured, else skipped."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
+
+
 def main() -> None:
     args = parse_args()
     device, C, peer = torch.device(args.device), 80, PEERS[args.head]
@@ -185,10 +195,18 @@ def main() -> None:
     if session is not None:
         feed = {"images": images.float().numpy()}
         runs["detcli onnxruntime"] = lambda: session.run(None, feed)
+    calibration = torch.cat([synthetic_batch(8, args.size, C, seed=s)["images"] for s in (1, 2)])  # (16, 3, S, S)
     if session is not None and args.int8:
-        calibration = torch.cat([synthetic_batch(8, args.size, C, seed=s)["images"] for s in (1, 2)])  # (16, 3, S, S)
         int8 = onnx_session(ours, images, int8_calibration=calibration)
         runs["detcli onnxruntime int8"] = lambda: int8.run(None, feed)
+    if session is not None and openvino_installed():  # the same graph as OpenVINO IR: fp32, detcli's precision, int8
+        cpu_images = images.float().cpu()
+        for precision in dict.fromkeys(("fp32", args.precision)):
+            run_ov = openvino_model(ours, images, precision)
+            runs[f"detcli openvino {precision}"] = lambda run_ov=run_ov: run_ov(cpu_images)
+        if args.int8:
+            run_int8 = openvino_model(ours, images, "fp32", int8_calibration=calibration)
+            runs["detcli openvino int8"] = lambda: run_int8(cpu_images)
     best = {k: float("inf") for k in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():
@@ -217,6 +235,12 @@ def summarize(args, device: torch.device, peer: str, ips: dict[str, float], comp
         result["int8_vs_onnxruntime"] = ips["detcli onnxruntime int8"] / ips["detcli onnxruntime"]
         extra.append(("onnxruntime int8 / eager", f"{result['int8_vs_eager']:.2f}x"))
         extra.append(("onnxruntime int8 / onnxruntime fp32", f"{result['int8_vs_onnxruntime']:.2f}x"))
+    for name in [k for k in ips if k.startswith("detcli openvino")]:
+        key = name.removeprefix("detcli ").replace(" ", "_")
+        result[f"{key}_vs_eager"] = ips[name] / ips["detcli"]
+        result[f"{key}_vs_onnxruntime"] = ips[name] / ips["detcli onnxruntime"]
+        extra.append((f"{name.removeprefix('detcli ')} / eager, / onnxruntime fp32",
+                      f"{result[f'{key}_vs_eager']:.2f}x, {result[f'{key}_vs_onnxruntime']:.2f}x"))
     if compile_s is not None:
         extra.append(("torch.compile: first call (compiling), s", f"{compile_s:.1f}"))
     flags = (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else "")

@@ -1,5 +1,6 @@
 """What measuring a detector on this machine takes, shared by `detcli bench` and scripts/bench_*.py: the
-timing loop, synthetic batches, an onnxruntime session of the exported graph and one training step.
+timing loop, synthetic batches, an onnxruntime session (or an OpenVINO model) of the exported graph and one
+training step.
 
 Naming: B = images, M = boxes per image, H, W = image height and width.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from detcli.deploy.onnx import Exportable, export_onnx
+from detcli.deploy.onnx import OUTPUTS, Exportable, write_onnx
 from detcli.deploy.ort import inference_session
 from detcli.deploy.quantize import quantize_int8
 
@@ -71,9 +72,25 @@ def onnx_session(model: nn.Module, images: Tensor, providers: tuple[str, ...] = 
     on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     with tempfile.TemporaryDirectory(prefix="detcli_bench_") as folder:
         path = Path(folder) / "model.onnx"
-        export_onnx(Exportable(on_cpu).eval(), images.float().cpu(), path, opset=17)
+        write_onnx(Exportable(on_cpu).eval(), images.float().cpu(), path, opset=17)
         if int8_calibration is not None:
             quantize_int8(path, path.with_suffix(".int8.onnx"), int8_calibration.float().cpu(),
                           type(on_cpu.head).__name__)
             path = path.with_suffix(".int8.onnx")
         return inference_session(path, providers)  # as many intra-op threads as eager PyTorch gets
+
+
+def openvino_model(model: nn.Module, images: Tensor, precision: str = "fp32", int8_calibration: Tensor | None = None):
+    """A function running `detcli export format=openvino`'s IR of the model (NMS included, dynamic batch) for the
+    images' H x W in OpenVINO on the CPU at `precision` (fp32 | bf16 | fp16); `int8_calibration` (N, 3, H, W):
+    its int8 IR instead (`export.quantize=int8`'s NNCF quantization), calibrated on those images."""
+    from detcli.deploy import openvino as ov
+
+    on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    with tempfile.TemporaryDirectory(prefix="detcli_bench_") as folder:
+        path = Path(folder) / "model.xml"
+        ov.export_openvino(Exportable(on_cpu).eval(), images.float().cpu(), path, opset=17, names=OUTPUTS[True])
+        if int8_calibration is not None:
+            ov.quantize_openvino(path, ov.int8_xml(path), int8_calibration.float().cpu(), type(on_cpu.head).__name__)
+            path = ov.int8_xml(path)
+        return ov.runner(ov.compile_model(ov.openvino().Core().read_model(str(path)), precision))

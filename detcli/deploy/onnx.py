@@ -115,6 +115,13 @@ def check(reference: nn.Module, run_exported, inputs: list[Tensor], nms: bool) -
 def export_onnx(wrapper: nn.Module, sample: Tensor, path: Path, opset: int, names: list[str] = OUTPUTS[True],
                 dynamic: bool = False):
     """Writes the ONNX graph; returns a function running it in onnxruntime (CPU) as a tuple of tensors."""
+    write_onnx(wrapper, sample, path, opset, names, dynamic)
+    return onnx_runner(path)
+
+
+def write_onnx(wrapper: nn.Module, sample: Tensor, path: Path, opset: int, names: list[str] = OUTPUTS[True],
+               dynamic: bool = False) -> None:
+    """Writes the ONNX graph of `wrapper` traced on `sample` (the batch axis dynamic; H and W too with `dynamic`)."""
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     # D = max_det is fixed; R (without NMS) follows the input size
     out_axes = {0: "batch", 1: "boxes"} if dynamic and "num_dets" not in names else {0: "batch"}
@@ -126,7 +133,6 @@ def export_onnx(wrapper: nn.Module, sample: Tensor, path: Path, opset: int, name
             wrapper, (sample,), str(path), input_names=["images"], output_names=names, opset_version=opset,
             dynamic_axes={"images": axes, **{n: out_axes for n in names}}, dynamo=False,
         )
-    return onnx_runner(path)
 
 
 def export_torchscript(wrapper: nn.Module, sample: Tensor, path: Path):
@@ -142,6 +148,7 @@ def export_torchscript(wrapper: nn.Module, sample: Tensor, path: Path):
             return tuple(loaded(images))
 
     return run_exported
+
 
 def onnx_runner(path: Path):
     """A function running the graph at `path` in onnxruntime on the CPU, outputs as a tuple of tensors."""

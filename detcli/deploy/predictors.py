@@ -4,7 +4,9 @@ detections in original pixels, with the classes and the preprocessing it expects
 - torch: the checkpoint's model in PyTorch (`checkpoint=PATH`), preprocessed as its data config says;
 - onnx: a graph written by `detcli export format=onnx export.nms=true` (`predict.onnx=PATH`) in onnxruntime,
   its `.json` sidecar giving the classes and the preprocessing. The graph's NMS output has the same fixed
-  shape as the PyTorch model's, so both backends share everything after it.
+  shape as the PyTorch model's, so every backend shares everything after it;
+- openvino: an IR written by `detcli export format=openvino` (`predict.openvino=PATH`, model.xml or
+  model.int8.xml) in OpenVINO on the CPU, read as the onnx backend reads its graph.
 
 Each backend's `thresholds` (C,) is the score a detection of each class needs: `predict.score_thresh` when
 given, else the per-class F1-optimal thresholds training stored (checkpoint meta / sidecar
@@ -20,7 +22,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -28,7 +29,7 @@ from torch import Tensor
 from detcli.build import load_model
 from detcli.data.collate import pad_value
 from detcli.deploy.ort import inference_session
-from detcli.device import autocast_dtype, resolve_device
+from detcli.device import autocast_dtype, resolve_device, resolve_precision
 from detcli.errors import ConfigError
 from detcli.evaluation.evaluator import to_original
 from detcli.evaluation.thresholds import DEFAULT_THRESH
@@ -71,20 +72,20 @@ class TorchPredictor:
         return to_original(dets, batch)
 
 
-class OnnxPredictor:
-    """An exported graph with NMS in onnxruntime (CUDA when `device` asks for it and onnxruntime has it).
-    Its baked postprocess (score threshold, max_det) is a floor: predict can raise it, not lower it."""
+class GraphPredictor:
+    """An exported graph with NMS (`predict.<backend>=PATH`) and its `.json` sidecar, which gives the classes and the
+    preprocessing. Its baked postprocess (score threshold, max_det) is a floor: predict can raise it, not lower
+    it. The runtime is the subclass's: `open` loads the graph, `run` gives its boxes, scores and labels."""
 
-    name = "onnx"
+    name = "graph"
 
     def __init__(self, cfg: DictConfig):
-        import onnxruntime as ort
-
-        path = Path(str(cfg.predict.get("onnx") or "")).expanduser()
-        if not cfg.predict.get("onnx"):
-            raise ConfigError("predict.backend=onnx needs predict.onnx=PATH, the model.onnx written "
-                              "by `detcli export format=onnx` (its model.onnx.json sidecar beside it).")
-        sidecar = read_sidecar(path)
+        key = f"predict.{self.name}"
+        if not cfg.predict.get(self.name):
+            raise ConfigError(f"predict.backend={self.name} needs {key}=PATH, the {EXPORTS[self.name][0]} written by "
+                              f"`detcli export format={self.name}` (its {EXPORTS[self.name][0]}.json sidecar beside it).")
+        path = Path(str(cfg.predict.get(self.name))).expanduser()
+        sidecar = read_sidecar(path, self.name)
         self.class_names, self.cat_ids = sidecar["class_names"], sidecar["cat_ids"]
         self.thresholds = class_thresholds(cfg, sidecar.get("score_thresholds"), self.class_names, "sidecar")
         spec = sidecar["preprocess"]
@@ -99,41 +100,84 @@ class OnnxPredictor:
         self.max_det = int(cfg.predict.max_det)
         self.path = str(path)
         warn_floor(cfg, sidecar, path, float(self.thresholds.min()))
-        cuda = resolve_device(cfg.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-        self.session = inference_session(path, ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"])
+        self.open(path, cfg)
+
+    def open(self, path: Path, cfg: DictConfig) -> None:
+        raise NotImplementedError
+
+    def run(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, D, 4) boxes, (B, D) scores, (B, D) labels of (B, 3, H, W) float images."""
+        raise NotImplementedError
 
     def __call__(self, batch: dict) -> list[dict[str, Tensor]]:
         images = batch["images"]
         if self.canvas:  # a val_transforms may resize past the graph's input: it sees its own H x W
             images = images[..., : self.canvas[0], : self.canvas[1]]
-        boxes, scores, labels = self.session.run(["boxes", "scores", "labels"],
-                                                 {"images": np.ascontiguousarray(images.float().numpy())})
-        dets = {"boxes": torch.from_numpy(boxes)[:, : self.max_det], "scores": torch.from_numpy(scores)[:, : self.max_det],
-                "labels": torch.from_numpy(labels)[:, : self.max_det]}  # (B, D, 4), (B, D), (B, D): best first
+        boxes, scores, labels = self.run(images.float().contiguous())
+        dets = {"boxes": boxes[:, : self.max_det], "scores": scores[:, : self.max_det],
+                "labels": labels[:, : self.max_det]}  # (B, D, 4), (B, D), (B, D): best first
         return to_original(dets, batch)
 
 
-def read_sidecar(path: Path) -> dict:
-    """The `.json` sidecar of an exported ONNX graph, checked to describe a graph with NMS."""
+class OnnxPredictor(GraphPredictor):
+    """A graph of `detcli export format=onnx` in onnxruntime (CUDA when `device` asks for it and onnxruntime has it)."""
+
+    name = "onnx"
+
+    def open(self, path: Path, cfg: DictConfig) -> None:
+        import onnxruntime as ort
+
+        cuda = resolve_device(cfg.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        self.session = inference_session(path, ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"])
+
+    def run(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.session.run(["boxes", "scores", "labels"], {"images": images.numpy()})
+        return tuple(torch.from_numpy(o) for o in out)
+
+
+class OpenVinoPredictor(GraphPredictor):
+    """An IR of `detcli export format=openvino` (or its int8 model.int8.xml) in OpenVINO on the CPU, in the
+    precision `precision` resolves to for inference there (auto: bf16 on a CPU that computes it natively)."""
+
+    name = "openvino"
+
+    def open(self, path: Path, cfg: DictConfig) -> None:
+        from detcli.deploy import openvino as ov
+
+        precision = resolve_precision(str(cfg.get("precision", "auto")), torch.device("cpu"), inference=True)
+        self.run_graph = ov.runner(ov.compile_model(path, precision))
+        log.info("OpenVINO on the CPU in %s: %s", precision, path)
+
+    def run(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.run_graph(images)[:3]
+
+
+# backend -> (the model file, its export command)
+EXPORTS = {"onnx": ("model.onnx", "detcli export format=onnx"), "openvino": ("model.xml", "detcli export format=openvino")}
+
+
+def read_sidecar(path: Path, backend: str = "onnx") -> dict:
+    """The `.json` sidecar of a graph exported in `backend`'s format, checked to describe a graph with NMS."""
     sidecar_path = path.parent / f"{path.name}.json"
+    key = f"predict.{backend}"
     if not path.is_file():
-        raise ConfigError(f"predict.onnx: '{path}' does not exist.")
+        raise ConfigError(f"{key}: '{path}' does not exist.")
     if not sidecar_path.is_file():
-        raise ConfigError(f"predict.onnx: '{path}' has no sidecar '{sidecar_path}': predict reads the classes and the "
-                          f"preprocessing from it; export the model with `detcli export format=onnx`, which writes both.")
+        raise ConfigError(f"{key}: '{path}' has no sidecar '{sidecar_path}': predict reads the classes and the "
+                          f"preprocessing from it; export the model with `detcli export format={backend}`, which writes both.")
     try:
         sidecar = json.loads(sidecar_path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"predict.onnx: the sidecar '{sidecar_path}' is not valid JSON (line {e.lineno}: "
+        raise ConfigError(f"{key}: the sidecar '{sidecar_path}' is not valid JSON (line {e.lineno}: "
                           f"{e.msg}).") from e
     missing = [k for k in SIDECAR_KEYS if k not in sidecar]
     if missing:
-        raise ConfigError(f"predict.onnx: the sidecar '{sidecar_path}' lacks {', '.join(missing)}: it is not one the "
+        raise ConfigError(f"{key}: the sidecar '{sidecar_path}' lacks {', '.join(missing)}: it is not one the "
                           f"current `detcli export` writes; export the model again.")
-    if sidecar.get("format") != "onnx" or "num_dets" not in sidecar.get("outputs", []):
-        raise ConfigError(f"predict.onnx: '{path}' is not an ONNX graph with NMS (its sidecar lists outputs "
-                          f"{sidecar.get('outputs')}, format {sidecar.get('format')}); predict.backend=onnx needs the "
-                          f"detections: export it with `detcli export format=onnx export.nms=true`.")
+    if sidecar.get("format") != backend or "num_dets" not in sidecar.get("outputs", []):
+        raise ConfigError(f"{key}: '{path}' is not an {backend} graph with NMS (its sidecar lists outputs "
+                          f"{sidecar.get('outputs')}, format {sidecar.get('format')}); predict.backend={backend} needs the "
+                          f"detections: export it with `detcli export format={backend} export.nms=true`.")
     return sidecar
 
 
@@ -166,7 +210,7 @@ def warn_floor(cfg: DictConfig, sidecar: dict, path: Path, lowest: float) -> Non
                     cfg.predict.max_det, sidecar["max_det"], sidecar["max_det"])
 
 
-PREDICTORS = {"torch": TorchPredictor, "onnx": OnnxPredictor}
+PREDICTORS = {"torch": TorchPredictor, "onnx": OnnxPredictor, "openvino": OpenVinoPredictor}
 
 
 def build_predictor(cfg: DictConfig):

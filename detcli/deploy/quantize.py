@@ -1,5 +1,7 @@
 """`detcli export format=onnx export.quantize=int8`: static int8 quantization of the exported graph with
-onnxruntime.quantization, written beside it as `<name>.int8.onnx` with its own `.json` sidecar.
+onnxruntime.quantization, written beside it as `<name>.int8.onnx` with its own `.json` sidecar
+(`format=openvino`: NNCF's, `<name>.int8.xml`, detcli/deploy/openvino.py; the check and the evaluation below
+are the same).
 
 - calibration: `export.calibration_images` images of the checkpoint's training split, preprocessed exactly
   as export's self-check preprocesses them (the sidecar's resize and padding), MinMax ranges;
@@ -12,7 +14,7 @@ onnxruntime.quantization, written beside it as `<name>.int8.onnx` with its own `
 - check: the int8 graph against the fp32 PyTorch model on export's sample images (reported, not held to
   `tolerance`: int8 moves boxes by design): the largest box difference, the share of PyTorch's
   detections that the int8 graph finds again (same label, IoU >= 0.5) and the IoU of each image's top one;
-- `export.quantize_eval`: COCO mAP of the fp32 and the int8 graphs (both in onnxruntime) on the first
+- `export.quantize_eval`: COCO mAP of the fp32 and the int8 graphs (both in the format's runtime) on the first
   `export.eval_images` images of the val split: `map_fp32`, `map_int8`, `map_change`.
 
 Naming: B = images, D = detections per image, N = calibration images, H, W = the graph's input size.
@@ -32,8 +34,8 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from detcli.build import instantiate_group
+from detcli.deploy import openvino as ov
 from detcli.deploy.onnx import check, onnx_runner
-from detcli.deploy.ort import inference_session
 from detcli.errors import ConfigError, DetcliError
 from detcli.evaluation.evaluator import score, to_original
 
@@ -57,9 +59,9 @@ def quantize_options(cfg: DictConfig) -> dict | None:
         return None
     if mode != "int8":
         raise ConfigError(f"export.quantize must be null or int8, got '{mode}'.")
-    if cfg.format != "onnx" or options.get("half") or not options.get("nms", True):
-        raise ConfigError("export.quantize=int8 quantizes an ONNX graph with NMS and fp32 weights: it needs "
-                          f"format=onnx, export.nms=true and export.half=false (got format={cfg.format}, "
+    if cfg.format not in FORMATS or options.get("half") or not options.get("nms", True):
+        raise ConfigError("export.quantize=int8 quantizes an ONNX or OpenVINO graph with NMS and fp32 weights: it "
+                          f"needs format=onnx or openvino, export.nms=true and export.half=false (got format={cfg.format}, "
                           f"export.nms={options.get('nms', True)}, export.half={options.get('half', False)}).")
     counts = {}
     for key, default in (("calibration_images", 32), ("eval_images", 100)):
@@ -73,7 +75,7 @@ def quantize_options(cfg: DictConfig) -> dict | None:
     evaluate = options.get("quantize_eval", True)
     if not isinstance(evaluate, bool):
         raise ConfigError(f"export.quantize_eval must be true or false, got '{evaluate}'.")
-    return {**counts, "evaluate": evaluate}
+    return {**counts, "evaluate": evaluate, "format": cfg.format}
 
 
 def quantized_nodes(model) -> list[str]:
@@ -142,9 +144,10 @@ def agreement(ref: tuple, got: tuple) -> dict:
     return {"matched": found / total if total else None, "match_iou": MATCH_IOU, "top_iou": top_iou}
 
 
-def val_maps(graphs: list[Path], data_cfg: DictConfig, meta: dict, hw: tuple[int, int], pad: tuple,
+def val_maps(graphs: list, data_cfg: DictConfig, meta: dict, hw: tuple[int, int], pad: tuple,
              count: int | None) -> tuple[list[float], int]:
-    """COCO mAP (IoU 0.50:0.95) of each graph on the first `count` (None: all) images of the val split,
+    """COCO mAP (IoU 0.50:0.95) of each graph (a runner: images -> boxes, scores, labels, ...) on the first
+    `count` (None: all) images of the val split,
     preprocessed as predict does for a fixed-size graph, and the number of images."""
     data_cfg = OmegaConf.merge(data_cfg, {"num_workers": 0})  # a few images: no worker processes
     data = instantiate_group("data", data_cfg)
@@ -153,14 +156,12 @@ def val_maps(graphs: list[Path], data_cfg: DictConfig, meta: dict, hw: tuple[int
     collate.canvas = hw
     count, size = min(count or len(dataset), len(dataset)), int(data_cfg.get("val_batch_size") or 8)
     batches = (collate([dataset[i] for i in range(s, min(s + size, count))]) for s in range(0, count, size))
-    runners = [inference_session(path) for path in graphs]
     dets, gts = [[] for _ in graphs], []
     for batch in batches:
-        images = np.ascontiguousarray(batch["images"][..., : hw[0], : hw[1]].float().numpy())  # (B, 3, H, W)
-        for i, session in enumerate(runners):
-            boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"images": images})
-            dets[i] += to_original({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores),
-                                    "labels": torch.from_numpy(labels)}, batch)
+        images = batch["images"][..., : hw[0], : hw[1]].float().contiguous()  # (B, 3, H, W)
+        for i, run in enumerate(graphs):
+            boxes, scores, labels = run(images)[:3]
+            dets[i] += to_original({"boxes": boxes, "scores": scores, "labels": labels}, batch)
         gts += [m["gt"] for m in batch["meta"]]
     return [score(d, gts, list(meta["class_names"])).stats["map"] for d in dets], len(gts)
 
@@ -169,25 +170,42 @@ def quantize_export(path: Path, options: dict, model: nn.Module, reference: nn.M
                     calibration: tuple[Tensor, str], eval_args: tuple) -> dict:
     """The int8 graph of the fp32 graph at `path`, checked against PyTorch (and evaluated with
     `options["evaluate"]`); returns the sidecars' `quantize` block."""
-    out = int8_path(path)
+    fmt = FORMATS[options.get("format", "onnx")]
+    out = fmt["int8"](path)
     images, source = calibration
-    quantize_int8(path, out, images, type(model.head).__name__)
+    fmt["quantize"](path, out, images, type(model.head).__name__)
     try:
-        run_int8 = onnx_runner(out)
+        run_int8 = fmt["runner"](out)
         figures = []
         for f, x in zip(check(reference, run_int8, inputs, nms=True), inputs):
             with torch.no_grad():
                 figures.append({**f, **agreement(reference(x), run_int8(x))})
     except Exception as e:  # a graph onnxruntime cannot run: not left behind
         out.unlink(missing_ok=True)
-        raise DetcliError(f"the int8 graph of the {type(model.head).__name__} head does not run in onnxruntime "
+        raise DetcliError(f"the int8 graph of the {type(model.head).__name__} head does not run in {fmt['runtime']} "
                           f"({e}); no int8 graph was written, export without export.quantize.") from e
-    block = {"graph": out.name, "format": "QDQ: int8 weights per output channel, uint8 activations",
-             "kept_fp32": "input normalisation, head normalisation layers, decoding, threshold, top-k, NMS",
-             "calibration": {"images": len(images), "source": source, "method": "MinMax"},
+    block = {"graph": out.name, "format": fmt["description"], "kept_fp32": fmt["kept_fp32"],
+             "calibration": {"images": len(images), "source": source, "method": fmt["calibration"]},
              "check": {"against": "the fp32 PyTorch model", "enforced": False, "inputs": figures,
                        "max_abs_box_diff": max(f["max_abs_box_diff"] for f in figures)}}
     if options["evaluate"]:
-        (fp32_map, int8_map), count = val_maps([path, out], *eval_args, options["eval_images"])
+        (fp32_map, int8_map), count = val_maps([fmt["runner"](path), run_int8], *eval_args, options["eval_images"])
         block.update(map_fp32=fp32_map, map_int8=int8_map, map_change=int8_map - fp32_map, eval_images=count)
     return block
+
+
+def openvino_runner(path: Path):
+    """A function running the IR at `path` in OpenVINO (fp32, CPU), outputs as a tuple of tensors."""
+    return ov.runner(ov.compile_model(path))
+
+
+# what int8 quantization is in each export format: where the graph goes, the quantizer, the runner of the check
+FORMATS = {
+    "onnx": {"int8": int8_path, "quantize": quantize_int8, "runner": onnx_runner, "runtime": "onnxruntime",
+             "description": "QDQ: int8 weights per output channel, uint8 activations", "calibration": "MinMax",
+             "kept_fp32": "input normalisation, head normalisation layers, decoding, threshold, top-k, NMS"},
+    "openvino": {"int8": ov.int8_xml, "quantize": ov.quantize_openvino, "runner": openvino_runner,
+                 "runtime": "OpenVINO", "description": "NNCF post-training quantization (FakeQuantize), default preset",
+                 "calibration": "NNCF statistics + fast bias correction",
+                 "kept_fp32": "input scaling where NNCF leaves it, decoding, threshold, top-k, NMS"},
+}

@@ -1,5 +1,6 @@
-"""detcli export checkpoint=PATH format=onnx|torchscript: a graph from raw pixels (B, 3, H, W), then a check
-of the exported model against PyTorch on sample images, whose figures go into the `.json` sidecar.
+"""detcli export checkpoint=PATH format=onnx|openvino|torchscript: a graph from raw pixels (B, 3, H, W), then a
+check of the exported model against PyTorch on sample images, whose figures go into the `.json` sidecar.
+format=openvino writes OpenVINO IR (model.xml + model.bin) converted from the ONNX graph (detcli/deploy/openvino.py).
 
 The graph ends as `export.nms` says (detcli/deploy/onnx.py). The batch axis is always dynamic; `export.dynamic=true` makes H and W dynamic too (checked at two input
 sizes); `export.half=true` stores fp16 weights (the backbone, neck and head run in fp16, the decoding and
@@ -8,8 +9,8 @@ NMS in fp32) for GPU runtimes: its check compares with the fp32 PyTorch model an
 
 The `.json` sidecar (detcli/deploy/sidecar.py) says how to get from an image to the input and back.
 
-`export.quantize=int8` also writes the graph's static int8 quantization beside it, `<name>.int8.onnx` with its
-own sidecar (detcli/deploy/quantize.py: calibration on training images preprocessed as the check's, the decoding
+`export.quantize=int8` also writes the graph's static int8 quantization beside it, `<name>.int8.onnx` (openvino:
+`<name>.int8.xml`, NNCF's) with its own sidecar (detcli/deploy/quantize.py: calibration on training images preprocessed as the check's, the decoding
 and NMS kept in fp32, its check against PyTorch and the mAP change on the val split in both sidecars).
 
 Naming: B = images, D = detections per image, R = decoded boxes per image, C = classes, H, W = input size.
@@ -36,19 +37,21 @@ from detcli.deploy.onnx import (
     input_size,
     second_size,
 )
+from detcli.deploy.openvino import export_openvino, xml_path
 from detcli.deploy.quantize import quantize_export, quantize_options
 from detcli.deploy.sidecar import calibration_images, export_data_config, sample_images, write_sidecar
 from detcli.errors import ConfigError, DetcliError
 from detcli.tasks.common import run_dir
 
+SUFFIXES = {"onnx": "onnx", "openvino": "xml", "torchscript": "torchscript.pt"}  # format -> the model file's suffix
 HALF_NOTE = ("fp16 weights: the figures compare the fp16 model with the fp32 PyTorch one and are not held to "
              "`tolerance` (fp16 rounding moves boxes by design); run the graph on a GPU runtime")
 
 
 def run(cfg: DictConfig) -> float:
     out = run_dir()
-    if cfg.format not in ("onnx", "torchscript"):
-        raise ConfigError(f"format must be onnx or torchscript, got '{cfg.format}'.")
+    if cfg.format not in SUFFIXES:
+        raise ConfigError(f"format must be one of {', '.join(SUFFIXES)}, got '{cfg.format}'.")
     nms, dynamic, half = export_options(cfg)
     quantize = quantize_options(cfg)
     model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu", cfg.get("postprocess"))
@@ -62,11 +65,13 @@ def run(cfg: DictConfig) -> float:
     inputs = [sample]
     if dynamic:  # the same images at a second, non-square size
         inputs.append(F.interpolate(sample, size=second_size(hw, divisible), mode="bilinear", antialias=True).round())
-    suffix = "onnx" if cfg.format == "onnx" else "torchscript.pt"
-    path = Path(cfg.output or out / f"model.{suffix}")
+    path = Path(cfg.output or out / f"model.{SUFFIXES[cfg.format]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "onnx":
         run_exported = export_onnx(exported, sample, path, int(cfg.opset), OUTPUTS[nms], dynamic)
+    elif cfg.format == "openvino":
+        path = xml_path(path)
+        run_exported = export_openvino(exported, sample, path, int(cfg.opset), OUTPUTS[nms], dynamic)
     else:
         run_exported = export_torchscript(exported, sample, path)
     figures = check(reference, run_exported, inputs, nms)

@@ -48,25 +48,29 @@ def assert_same_detections(ref: list[tuple], got: list[tuple], atol: float = 1e-
         free.pop(best)
 
 
-def test_onnx_backend_gives_the_torch_predictions(head_ckpt, val_dir, tmp_path):
+@pytest.mark.parametrize("fmt, graph", [("onnx", "model.onnx"), ("openvino", "model.xml")])
+def test_graph_backend_gives_the_torch_predictions(head_ckpt, val_dir, tmp_path, fmt, graph):
+    """`detcli export format=onnx|openvino`, then `detcli predict predict.backend=<format>`: the detections of the
+    checkpoint in PyTorch (fp32: the suite's precision=auto on a CPU), image by image."""
     _, ckpt = head_ckpt
-    detcli("export", f"checkpoint={ckpt}", "format=onnx", "export.nms=true", "batch_size=2",
+    detcli("export", f"checkpoint={ckpt}", f"format={fmt}", "export.nms=true", "batch_size=2",
            f"hydra.run.dir={tmp_path}/export")
-    sidecar = json.loads((tmp_path / "export" / "model.onnx.json").read_text())
+    sidecar = json.loads((tmp_path / "export" / f"{graph}.json").read_text())
+    assert sidecar["format"] == fmt
     assert sidecar["outputs"] == ["boxes", "scores", "labels", "num_dets"] and sidecar["nms"] is True
     check = sidecar["check"]  # the export checked itself on the training images, figures beside the model
     assert check["images"].startswith("train split: train_") and check["enforced"] is True
     assert check["inputs"][0]["input"] == [2, 3, 128, 128] and check["max_abs_box_diff"] <= 1e-3
     common = [f"source={val_dir}", f"predict.score_thresh={TOY_THRESH}", "save_images=false"]
     detcli("predict", f"checkpoint={ckpt}", *common, f"hydra.run.dir={tmp_path}/torch")
-    detcli("predict", "predict.backend=onnx", f"predict.onnx={tmp_path}/export/model.onnx", *common,
-           f"hydra.run.dir={tmp_path}/onnx")
-    ref, got = by_image(tmp_path / "torch" / "predictions.json"), by_image(tmp_path / "onnx" / "predictions.json")
+    detcli("predict", f"predict.backend={fmt}", f"predict.{fmt}={tmp_path}/export/{graph}", *common,
+           f"hydra.run.dir={tmp_path}/{fmt}")
+    ref, got = by_image(tmp_path / "torch" / "predictions.json"), by_image(tmp_path / fmt / "predictions.json")
     assert len(ref) == 8 and set(ref) == set(got)
     for name in ref:
         assert_same_detections(ref[name], got[name])
-    summary = json.loads((tmp_path / "onnx" / "summary.json").read_text())
-    assert summary["backend"] == "onnx" and summary["images"] == summary["predicted"] == 8
+    summary = json.loads((tmp_path / fmt / "summary.json").read_text())
+    assert summary["backend"] == fmt and summary["images"] == summary["predicted"] == 8
     assert summary["detections"] == sum(map(len, got.values())) > 0 and summary["skipped"] == []
 
 

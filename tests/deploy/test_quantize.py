@@ -113,7 +113,7 @@ def test_predict_serves_the_int8_graph(int8_export, cache_dir, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("export.quantize=int4", "export.quantize must be null or int8"),
-    ("export.half=true", "needs format=onnx, export.nms=true and export.half=false"),
+    ("export.half=true", "needs format=onnx or openvino, export.nms=true and export.half=false"),
 ])
 def test_bad_quantize_options_name_the_key(trained_run, tmp_path, override, message):
     extra = [] if override.startswith("export.quantize") else ["export.quantize=int8"]

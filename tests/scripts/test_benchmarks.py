@@ -224,13 +224,16 @@ def test_accuracy_at_equal_wall_clock_against_ultralytics(tmp_path, cache_dir):
 @pytest.mark.parametrize("script", ["bench_train.py", "bench_infer.py"])
 def test_faster_rcnn_against_torchvision(script, tmp_path, cache_dir):
     """--head faster_rcnn measures torchvision's FasterRCNN (same backbone, size, RPN and RoI settings) in
-    the same run and prints the ratio."""
+    the same run and prints the ratio (bench_infer.py: and the exported graph in onnxruntime and OpenVINO)."""
     proc = run_script(script, "--head", "faster_rcnn", "--size", "64", "--batch", "2", "--iters", "1",
                       "--rounds", "1", "--out", "out.json", cwd=tmp_path, home=tmp_path / "home")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "out.json").read_text())
     assert {"detcli", "torchvision"} <= set(result["img_per_s"]) and result["speedup_vs_torchvision"] > 0
     assert "detcli / torchvision" in proc.stdout
+    if script == "bench_infer.py":  # the exported graph in onnxruntime and OpenVINO (the suite's precision: fp32)
+        assert {"detcli onnxruntime", "detcli openvino fp32"} <= set(result["img_per_s"])
+        assert result["openvino_fp32_vs_eager"] > 0 and result["openvino_fp32_vs_onnxruntime"] > 0
 
 
 @pytest.mark.slow
