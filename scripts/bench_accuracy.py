@@ -35,7 +35,11 @@ at its validation defaults (conf 0.001, iou 0.7, max_det 300) at the same image 
 torchvision's and ultralytics' detections are scored with the metric detcli's evaluator uses
 (COCO's protocol through faster-coco-eval, detcli/evaluation/coco.py) on the same gt, crowd boxes included.
 
-The data: the four annotated images of deepforest 2.1.0 (`pip download --no-deps deepforest==2.1.0`;
+`--dataset pasted` trains and scores on the second set instead, one of ordinary size (3,000 train and 500 val
+images of 256 px, 10 classes: objects cut from scikit-image's photographs pasted on real backgrounds,
+scripts/benchkit/pasted.py), where more steps keep paying as on most users' sets.
+
+The data (the default, --dataset trees): the four annotated images of deepforest 2.1.0 (`pip download --no-deps deepforest==2.1.0`;
 deepforest itself is never imported), cut into square tiles (400 px). Held out by image: train is
 2019_YELL_2_528000_4978000_image_crop2 (2299x2472, 574 trees) + OSBS_029 (400x400, 61), tiled with half
 a tile of overlap; val is 2019_YELL_2_541000_4977000_image_crop (1249x1035, 279; the same site, another
@@ -50,6 +54,7 @@ runs/bench/cache/deepforest_trees_<tile>/ and checked with `detcli data check`.
     python scripts/bench_accuracy.py                     # the full benchmark: ~1.5 h per run on 2 CPU cores
     python scripts/bench_accuracy.py --runs yolox,ultralytics    # YOLOX against YOLOv8n only
     python scripts/bench_accuracy.py --wall-clock 30 --size 256   # the presets and YOLOv8n, 30 minutes each
+    python scripts/bench_accuracy.py --wall-clock 30 --size 256 --dataset pasted   # the same on the second set
     python scripts/bench_accuracy.py --device cuda --threads 8
     python scripts/bench_accuracy.py --steps 4 --batch 2 --size 128                 # a smoke run
     python scripts/bench_accuracy.py --synthetic --steps 2 --batch 2 --size 64     # no network: a fake wheel
@@ -68,7 +73,8 @@ from pathlib import Path
 import torch
 
 from benchkit.common import ROOT
-from benchkit.datasets import dataset, dataset_stats
+from benchkit.datasets import dataset, dataset_stats, tree_wheel
+from benchkit.pasted import COUNTS, prepare_pasted
 from benchkit.peers import run_torchvision, run_ultralytics
 from benchkit.report import compare, show
 from benchkit.runs import PRESETS, RUNS, before_tree, run_detcli
@@ -103,6 +109,11 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
     p.add_argument("--workers", type=int, default=2, help="data loader workers (detcli data.num_workers)")
+    p.add_argument("--dataset", choices=("trees", "pasted"), default="trees",
+                   help="trees: the deepforest tiles; pasted: objects from skimage's photos on real backgrounds "
+                        "(benchkit/pasted.py; use --size 256, its image size)")
+    p.add_argument("--pasted-images", type=int, nargs=2, default=[COUNTS["train"], COUNTS["val"]],
+                   metavar=("TRAIN", "VAL"), help="--dataset pasted: the number of train and val images")
     p.add_argument("--wheel", type=Path, default=None, help="the deepforest 2.1.0 wheel (else pip download)")
     p.add_argument("--synthetic", action="store_true", help="a generated stand-in for the wheel (smoke test)")
     p.add_argument("--before", default=BEFORE, help="the detcli commit of run 'before'")
@@ -119,17 +130,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = args.cache.resolve()
-    data = dataset(args, cache)
+    if args.dataset == "trees":
+        data = dataset(args, cache)
+    else:
+        data = prepare_pasted(cache, tree_wheel(args, cache)[0], *args.pasted_images, synthetic=args.synthetic)
     stats = dataset_stats(data)
-    print(f"data {data}: " + "; ".join(f"{s} {v['tiles']} tiles ({v['negative_tiles']} without trees), "
+    print(f"data {data}: " + "; ".join(f"{s} {v['tiles']} images ({v['negative_tiles']} without objects), "
                                        f"{v['boxes']} boxes + {v['crowd_boxes']} crowd"
                                        for s, v in stats.items()))
     results = {name: r for name in runs if (r := run_one(name, data, args, cache)) is not None}
     comparisons = {f"{a} vs {b}": compare(results[a], results[b]) for a, b in COMPARISONS
                    if a in results and b in results}
     length = f"{args.wall_clock:g} minutes each" if args.wall_clock else f"{args.steps} steps"
+    what = "tree crowns" if args.dataset == "trees" else "pasted objects"
     show(results, comparisons, f"from scratch, {length} x {args.batch} x {args.size} px, "
-                               f"tree crowns ({stats['val']['boxes']} val boxes), {args.device}")
+                               f"{what} ({stats['val']['tiles']} val images, {stats['val']['boxes']} boxes), {args.device}")
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "data": {"path": str(data), "source": json.loads((data / "source.json").read_text()), **stats},
               "runs": results, "comparisons": comparisons}

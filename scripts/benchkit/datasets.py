@@ -203,8 +203,8 @@ def synthetic_wheel(path: Path, tile: int) -> Path:
     return path
 
 
-def dataset(args, cache: Path) -> Path:
-    """The tiled set of the real wheel (given, or downloaded once and checked), or of the synthetic one."""
+def tree_wheel(args, cache: Path) -> tuple[Path, str]:
+    """The deepforest wheel (given, or downloaded once, and checked) or the synthetic one; its sha256."""
     cache.mkdir(parents=True, exist_ok=True)
     if args.synthetic:
         wheel = synthetic_wheel(cache / "deepforest-synthetic.whl", args.tile)
@@ -213,8 +213,14 @@ def dataset(args, cache: Path) -> Path:
     sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if not args.synthetic and sha256 != WHEEL_SHA256:
         raise SystemExit(f"'{wheel}' has sha256 {sha256}, not deepforest 2.1.0's ({WHEEL_SHA256})")
+    return wheel.resolve(), sha256
+
+
+def dataset(args, cache: Path) -> Path:
+    """The tiled set of the real wheel (given, or downloaded once and checked), or of the synthetic one."""
+    wheel, sha256 = tree_wheel(args, cache)
     name = f"deepforest_trees_{'synthetic_' if args.synthetic else ''}{args.tile}"
-    return prepare_dataset(wheel.resolve(), sha256, cache / name, args.tile)
+    return prepare_dataset(wheel, sha256, cache / name, args.tile)
 
 
 def read_split(data: Path, split: str) -> list[dict]:
