@@ -82,6 +82,7 @@ def coco_map(pairs) -> dict[str, float]:
     (detcli/evaluation/coco.py: COCO's protocol through faster-coco-eval), crowd gt ignored."""
     from detcli.evaluation.evaluator import METRIC_KEYS, score
 
+    pairs = list(pairs)  # read twice below: a zip or a generator would be empty the second time
     stats = score([{k: v.cpu() for k, v in d.items()} for d, _ in pairs], [gt for _, gt in pairs]).stats
     return {k: stats[k] for k in METRIC_KEYS}
 

@@ -310,3 +310,15 @@ def test_accuracy_benchmark_on_the_pasted_set(tmp_path, cache_dir):
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["data"]["path"].endswith("pasted_objects_synthetic_16") and result["data"]["val"]["tiles"] == 8
     assert 0 <= result["runs"]["yolox_nano"]["map"] <= 1 and "pasted objects" in proc.stdout
+
+
+def test_coco_map_scores_an_iterator_of_pairs():
+    """The peers' detections come as a zip or a generator of (detections, gt): scored as a list is."""
+    from benchkit.peers import coco_map
+
+    gts = [{"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([c]), "iscrowd": torch.tensor([0]),
+            "area": torch.tensor([1600.0])} for c in (0, 3)]
+    dets = [{"boxes": torch.tensor([[10.0, 10, 50, 50]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([c])}
+            for c in (0, 3)]
+    assert coco_map(zip(dets, gts))["map"] == pytest.approx(1.0)
+    assert coco_map(pair for pair in zip(dets, gts)) == coco_map(list(zip(dets, gts)))
