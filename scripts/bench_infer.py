@@ -134,6 +134,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--head", default="fcos", choices=list(PEERS),
                    help="fcos, faster_rcnn: against torchvision; yolox: against ultralytics")
     p.add_argument("--backbone", default=None, help="default: resnet18 (fcos, faster_rcnn), cs3darknet_s (yolox)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more overrides of detcli's model config, e.g. neck.width=0.25 (the peer is unchanged)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=5)
@@ -179,7 +181,7 @@ def main() -> None:
     device, C, peer = torch.device(args.device), 80, PEERS[args.head]
     torch.manual_seed(0)
     images = synthetic_batch(args.batch, args.size, C)["images"].to(device)
-    ours, _ = compose_model([f"backbone={args.backbone}", f"head={args.head}"], num_classes=C)
+    ours, _ = compose_model([f"backbone={args.backbone}", f"head={args.head}", *args.set], num_classes=C)
     set_detcli_prior(ours, args.head)
     ours = ours.to(device).to(memory_format=args.fmt).eval()
     run_model = torch.compile(ours) if args.compile else ours

@@ -84,6 +84,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--backbone", default=None,
                    help="default: resnet18 (fcos, faster_rcnn; the same architecture in timm and torchvision), "
                         "cs3darknet_s (yolox)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more overrides of detcli's model config, e.g. neck.width=0.25 (the peer is unchanged)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=4)
@@ -122,7 +124,7 @@ def main() -> None:
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     images = batch["images"].contiguous(memory_format=fmt)
 
-    ours, _ = compose_model([f"backbone={args.backbone}", f"head={args.head}"], num_classes=C)
+    ours, _ = compose_model([f"backbone={args.backbone}", f"head={args.head}", *args.set], num_classes=C)
     ours = ours.to(device).to(memory_format=fmt).train()
     opt_ours = sgd(ours)
     targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
