@@ -8,6 +8,7 @@ Naming: n = boxes of an image, k = boxes kept in a tile, H, W = image height and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -126,19 +127,28 @@ def build_split(sources: dict, split: str, tile: int, images: Path) -> dict:
 
 
 def prepare_dataset(wheel: Path, sha256: str, out: Path, tile: int) -> Path:
-    """The tiled COCO set in `out` (train.json, val.json, images/), built in a temporary folder, checked
-    by `detcli data check` and renamed into place; kept while the wheel and the parameters are the same."""
-    params = json.loads(json.dumps({"wheel": wheel.name, "sha256": sha256, "tile": tile, "splits": SPLITS,
-                                    "min_visible": MIN_VISIBLE, "negatives": NEGATIVES}))
+    """The tiled COCO set in `out` (train.json, val.json, images/), kept while the wheel and the parameters
+    are the same (cached_coco_set)."""
+    params = {"wheel": wheel.name, "sha256": sha256, "tile": tile, "splits": SPLITS, "min_visible": MIN_VISIBLE,
+              "negatives": NEGATIVES}
+    sources = functools.cache(lambda: read_wheel(wheel))  # read only when the set is built
+    return cached_coco_set(out, params, SPLITS, lambda split, images: build_split(sources(), split, tile, images),
+                           f"tiling {wheel.name} into {out}")
+
+
+def cached_coco_set(out: Path, params: dict, splits, build, message: str) -> Path:
+    """A benchmark's COCO set in `out` (<split>.json and images/ per split of `splits`, `build(split, images)`
+    writing a split's images and returning its instances dict), made once: built in a temporary folder,
+    checked by `detcli data check` and renamed into place; kept while source.json holds the same `params`."""
+    params = json.loads(json.dumps(params))
     if (out / "source.json").is_file() and json.loads((out / "source.json").read_text()) == params:
         return out
-    print(f"tiling {wheel.name} into {out}")
+    print(message)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
-    sources = read_wheel(wheel)
-    for split in SPLITS:
-        coco = build_split(sources, split, tile, tmp / "images")
+    for split in splits:
+        coco = build(split, tmp / "images")
         (tmp / f"{split}.json").write_text(json.dumps(coco) + "\n")
     check_dataset(tmp)
     (tmp / "source.json").write_text(json.dumps(params, indent=2) + "\n")

@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -42,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from benchkit.datasets import SPLITS as TREE_SPLITS
-from benchkit.datasets import check_dataset, read_wheel
+from benchkit.datasets import cached_coco_set, read_wheel
 
 WHEEL = "scikit-image==0.26.0"
 SIZE = 256
@@ -257,19 +254,7 @@ def prepare_pasted(cache: Path, tree_wheel: Path, n_train: int = COUNTS["train"]
     params = {"skimage_files": digest(files), "trees": digest({k: v[0] for k, v in trees.items()}),
               "size": SIZE, "counts": counts, "seeds": SEEDS, "classes": CLASSES, "backgrounds": BACKGROUNDS,
               "max_overlap": MAX_OVERLAP, "min_visible": MIN_VISIBLE}
-    params = json.loads(json.dumps(params))
     out = cache / f"pasted_objects_{'synthetic_' if synthetic else ''}{n_train}"
-    if (out / "source.json").is_file() and json.loads((out / "source.json").read_text()) == params:
-        return out
-    print(f"composing the pasted-objects set into {out}")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    for split, count in counts.items():
-        coco = build_split(files, trees, split, count, tmp / "images")
-        (tmp / f"{split}.json").write_text(json.dumps(coco) + "\n")
-    check_dataset(tmp)
-    (tmp / "source.json").write_text(json.dumps(params, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return cached_coco_set(out, params, counts,
+                           lambda split, images: build_split(files, trees, split, counts[split], images),
+                           f"composing the pasted-objects set into {out}")
