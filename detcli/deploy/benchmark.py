@@ -93,4 +93,4 @@ def openvino_model(model: nn.Module, images: Tensor, precision: str = "fp32", in
         if int8_calibration is not None:
             ov.quantize_openvino(path, ov.int8_xml(path), int8_calibration.float().cpu(), type(on_cpu.head).__name__)
             path = ov.int8_xml(path)
-        return ov.runner(ov.compile_model(ov.openvino().Core().read_model(str(path)), precision))
+        return ov.openvino_runner(path, precision)  # compiled: the files may go

@@ -87,7 +87,12 @@ def export_openvino(wrapper: nn.Module, sample: Tensor, path: Path, opset: int, 
         write_onnx(wrapper, sample, onnx, opset, names, dynamic)
         model = ov.convert_model(str(onnx))
     ov.save_model(model, str(path), compress_to_fp16=False)  # the check holds the fp32 weights to 1e-3 px
-    return runner(compile_model(path))
+    return openvino_runner(path)
+
+
+def openvino_runner(path: Path, precision: str = "fp32"):
+    """A function running the IR at `path` in OpenVINO on the CPU, outputs as a tuple of tensors."""
+    return runner(compile_model(path, precision))
 
 
 def quantize_openvino(fp32: Path, out: Path, calibration: Tensor, head: str, batch: int = 8) -> None:
@@ -105,7 +110,7 @@ def quantize_openvino(fp32: Path, out: Path, calibration: Tensor, head: str, bat
         model = ov.Core().read_model(str(fp32))
         batches = [np.ascontiguousarray(b.float().numpy()) for b in calibration.split(batch)]
         keep = nncf.IgnoredScope(patterns=[OUTSIDE_NETWORK], validate=False)
-        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(calibration), ignored_scope=keep)
+        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), ignored_scope=keep)
         ov.save_model(quantized, str(out), compress_to_fp16=False)
     except Exception as e:  # any quantizer failure: one clear message
         out.unlink(missing_ok=True)

@@ -194,17 +194,12 @@ def quantize_export(path: Path, options: dict, model: nn.Module, reference: nn.M
     return block
 
 
-def openvino_runner(path: Path):
-    """A function running the IR at `path` in OpenVINO (fp32, CPU), outputs as a tuple of tensors."""
-    return ov.runner(ov.compile_model(path))
-
-
 # what int8 quantization is in each export format: where the graph goes, the quantizer, the runner of the check
 FORMATS = {
     "onnx": {"int8": int8_path, "quantize": quantize_int8, "runner": onnx_runner, "runtime": "onnxruntime",
              "description": "QDQ: int8 weights per output channel, uint8 activations", "calibration": "MinMax",
              "kept_fp32": "input normalisation, head normalisation layers, decoding, threshold, top-k, NMS"},
-    "openvino": {"int8": ov.int8_xml, "quantize": ov.quantize_openvino, "runner": openvino_runner,
+    "openvino": {"int8": ov.int8_xml, "quantize": ov.quantize_openvino, "runner": ov.openvino_runner,
                  "runtime": "OpenVINO", "description": "NNCF post-training quantization (FakeQuantize), default preset",
                  "calibration": "NNCF statistics + fast bias correction",
                  "kept_fp32": "input scaling where NNCF leaves it, decoding, threshold, top-k, NMS"},
