@@ -57,7 +57,7 @@ def test_budget_estimates_the_steps_that_fit(monkeypatch):
 
 @pytest.mark.serial
 def test_a_time_limited_run_ends_at_the_limit_with_its_schedule_complete(tmp_path, cache_dir):
-    limit = 14.0
+    limit = 20.0
     detcli("train", *TINY, f"trainer.time_limit={limit:g}s", "trainer.eval_interval=20", "trainer.log_interval=10",
            "trainer.max_steps=100000", f"hydra.run.dir={tmp_path}")  # max_steps is not used under a limit
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
@@ -80,7 +80,7 @@ def test_a_resumed_time_limited_run_continues_the_clock(tmp_path, cache_dir):
 
     from conftest import start, wait_for_step
 
-    limit, run = 12.0, tmp_path / "run"
+    limit, run = 16.0, tmp_path / "run"
     args = [*TINY, f"trainer.time_limit={limit:g}s", "trainer.eval_interval=20", "trainer.log_interval=5",
             f"hydra.run.dir={run}"]
     proc = start(*args)
