@@ -46,16 +46,16 @@ def _container(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def default_config(name: str = "train") -> DictConfig:
-    """The shipped config `name` with no overrides, composed with Hydra's compose API (inside a running
-    Hydra app through its own initialisation, else on the shipped config folder)."""
+def default_config(name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """The shipped config `name` with `overrides` (none: its defaults), composed with Hydra's compose API (inside
+    a running Hydra app through its own initialisation, else on the shipped config folder)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name=name)
+        return compose(config_name=name, overrides=list(overrides or []))
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name=name)
+        return compose(config_name=name, overrides=list(overrides or []))
 
 
 def config_diff(defaults: DictConfig | dict, cfg: DictConfig | dict) -> list[tuple[str, Any, Any]]:

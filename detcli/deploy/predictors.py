@@ -26,9 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from detcli.build import load_model
+from detcli.build import load_model, model_source
 from detcli.data.collate import pad_value
 from detcli.deploy.ort import inference_session
+from detcli.deploy.sidecar import export_data_config
 from detcli.device import autocast_dtype, resolve_device, resolve_precision
 from detcli.errors import ConfigError
 from detcli.evaluation.evaluator import to_original
@@ -45,18 +46,20 @@ class TorchPredictor:
     name = "torch"
 
     def __init__(self, cfg: DictConfig):
-        if not cfg.get("checkpoint"):
-            raise ConfigError("checkpoint=PATH is needed with predict.backend=torch (the default); "
-                              "with predict.backend=onnx give predict.onnx=PATH instead.")
-        self.model, self.ckpt_cfg, meta, self.device = load_model(cfg.checkpoint, cfg.device, cfg.get("postprocess"))
+        if not cfg.get("checkpoint") and not cfg.get("weights"):
+            raise ConfigError("checkpoint=PATH (or weights=..., e.g. torchvision:FCOS_ResNet50_FPN_Weights.COCO_V1) is "
+                              "needed with predict.backend=torch (the default); with predict.backend=onnx give "
+                              "predict.onnx=PATH instead.")
+        self.path = model_source(cfg, "predict")
+        self.model, self.ckpt_cfg, meta, self.device = load_model(self.path, cfg.device, cfg.get("postprocess"))
         self.model.postprocess.max_det = int(cfg.predict.max_det)
         self.class_names, self.cat_ids = meta["class_names"], meta["cat_ids"]
         self.thresholds = class_thresholds(cfg, meta.get("score_thresholds"), self.class_names, "checkpoint")
         # a threshold below the model's own candidate threshold lowers it: predict.score_thresh=0 keeps everything
         thresh = min(float(self.model.postprocess.score_thresh), float(self.thresholds.min()))
         self.model.postprocess.score_thresh = thresh
-        self.data_cfg, self.pad, self.canvas = self.ckpt_cfg.data, pad_value(self.model.pixel_mean), None
-        self.path = str(cfg.checkpoint)
+        self.data_cfg = export_data_config(self.ckpt_cfg, cfg.get("image_size"))  # predict's image_size over the model's
+        self.pad, self.canvas = pad_value(self.model.pixel_mean), None
         self.dtype = autocast_dtype(str(cfg.get("precision", "fp32")), self.device)
         self.channels_last = bool(cfg.get("channels_last", False))
         if self.channels_last:

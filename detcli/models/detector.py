@@ -61,6 +61,11 @@ class Head(Protocol):
     def priors(self, sizes: list[tuple[int, int]], device) -> dict:
         """The head's priors (points, anchors) for feature maps of these (h, w) sizes, for Criterion.reachable."""
 
+    def class_layout(self) -> dict[str, tuple[int, int]]:
+        """The parameters (names relative to the head) whose first axis runs over the classes: name -> (rows
+        per class, rows after the classes' (a background row)). Weights from a model of other classes are
+        moved row by row by class name (detcli/weights/transfer.py)."""
+
     def set_grad_checkpointing(self, enable: bool = True) -> None: ...
 
 

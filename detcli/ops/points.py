@@ -8,15 +8,17 @@ import torch
 from torch import Tensor
 
 
-def grid_points(sizes: list[tuple[int, int]], strides: list[int], device=None) -> tuple[Tensor, Tensor]:
-    """Centres of every feature-map cell, level after level, in input-image pixels.
+def grid_points(sizes: list[tuple[int, int]], strides: list[int], device=None,
+                offset: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Centres of every feature-map cell (offset 0.5; torchvision's FCOS puts its points on the cells'
+    top-left corners, offset 0), level after level, in input-image pixels.
 
     Returns points (R, 2) as (x, y) and the stride of each point (R,).
     """
     points, point_strides = [], []
     for (h, w), s in zip(sizes, strides):
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s  # (h,)
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s  # (w,)
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * s  # (h,)
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * s  # (w,)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")  # (h, w)
         points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))  # (h*w, 2)
         point_strides.append(torch.full((h * w,), float(s), device=device))
@@ -73,13 +75,15 @@ class GridCache:
 
 
 class PointGrid(GridCache):
-    """grid_points for a head's strides: points (R, 2) and their strides (R,)."""
+    """grid_points for a head's strides (at `offset` cells from each cell's corner): points (R, 2) and their
+    strides (R,)."""
 
-    def __init__(self, strides: list[int]):
+    def __init__(self, strides: list[int], offset: float = 0.5):
         self.strides = list(strides)
+        self.offset = float(offset)
 
     def make(self, sizes: list[tuple[int, int]], device) -> tuple[Tensor, Tensor]:
-        return grid_points(sizes, self.strides, device)
+        return grid_points(sizes, self.strides, device, self.offset)
 
     def priors(self, sizes: list[tuple[int, int]], device) -> dict:
         """A dense head's constants: points (R, 2), their strides (R,) and the points per level [L]."""

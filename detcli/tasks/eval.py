@@ -1,5 +1,6 @@
-"""detcli eval checkpoint=PATH | detections=RESULTS.json: the evaluation report of a model (or of any COCO
-results file) on the val set.
+"""detcli eval checkpoint=PATH | weights=... | detections=RESULTS.json: the evaluation report of a model (a detcli
+checkpoint, or weights=: torchvision's COCO weights, a local file; detcli/weights/source.py), or of any COCO
+results file, on the val set.
 
 Writes to the run folder: metrics.json (the 12 COCO statistics, per class AP / AP50 / recall and the
 F1-optimal score threshold (`f1_thresh`, also `score_thresholds` in label order: detcli/evaluation/thresholds.py,
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from detcli.build import instantiate_group, load_model
+from detcli.build import instantiate_group, load_model, model_source
 from detcli.build import load_checkpoint_config as checkpoint_config
 from detcli.data.coco import read_json
 from detcli.data.collate import pad_value
@@ -44,8 +45,9 @@ from detcli.visualization.worst import draw_worst
 
 def run(cfg: DictConfig) -> float:
     out = run_dir()
-    if not cfg.get("checkpoint") and not cfg.get("detections"):
-        raise ConfigError("detcli eval needs checkpoint=PATH (a detcli checkpoint to evaluate) or "
+    if not cfg.get("checkpoint") and not cfg.get("weights") and not cfg.get("detections"):
+        raise ConfigError("detcli eval needs checkpoint=PATH (a detcli checkpoint to evaluate), weights=... (e.g. "
+                          "torchvision:FCOS_ResNet50_FPN_Weights.COCO_V1: COCO weights scored on your data) or "
                           "detections=RESULTS.json (a COCO results file to score against data.val_ann / data.root).")
     postprocess = None  # the postprocess the detections came from (the checkpoint's, with postprocess.KEY=...)
     if cfg.get("detections"):
@@ -53,13 +55,14 @@ def run(cfg: DictConfig) -> float:
         dets, gts = read_results(Path(str(cfg.detections)), dataset, cat_ids)
         metas = [{"image_id": r.image_id, "file_name": r.file_name} for r in dataset.records]
     else:
-        model, ckpt_cfg, meta, device = load_model(cfg.checkpoint, cfg.device, cfg.get("postprocess"))
+        model_path = model_source(cfg, "eval")
+        model, ckpt_cfg, meta, device = load_model(model_path, cfg.device, cfg.get("postprocess"))
         data_cfg = data_config(cfg, ckpt_cfg)
         if cfg.batch_size:
             data_cfg.val_batch_size = int(cfg.batch_size)
         data = instantiate_group("data", data_cfg)
         dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
-        names, cat_ids, source = list(meta["class_names"]), list(meta["cat_ids"]), str(cfg.checkpoint)
+        names, cat_ids, source = list(meta["class_names"]), list(meta["cat_ids"]), model_path
         postprocess = {k: v for k, v in OmegaConf.to_container(ckpt_cfg.postprocess).items() if k != "_target_"}
         loader = data.val_loader(dataset, pad_value=pad_value(model.pixel_mean))  # padded as in training
         if cfg.channels_last:
@@ -73,6 +76,7 @@ def run(cfg: DictConfig) -> float:
     conf = cfg.confusion
     matrix = confusion_matrix(dets, gts, len(names), float(conf.score_thresh), float(conf.iou_thresh))
     report = {"checkpoint": str(cfg.checkpoint) if cfg.get("checkpoint") else None,
+              "weights": str(cfg.weights) if cfg.get("weights") else None,
               "detections": str(cfg.detections) if cfg.get("detections") else None,
               "postprocess": postprocess, "images": len(gts), **result.stats, "per_class": result.per_class,
               "confusion_matrix": {"rows": "predicted", "columns": "true", "labels": [*names, "background"],

@@ -1,4 +1,4 @@
-"""detcli export checkpoint=PATH format=onnx|openvino|torchscript: a graph from raw pixels (B, 3, H, W), then a
+"""detcli export checkpoint=PATH|weights=... format=onnx|openvino|torchscript: a graph from raw pixels (B, 3, H, W), then a
 check of the exported model against PyTorch on sample images, whose figures go into the `.json` sidecar.
 format=openvino writes OpenVINO IR (model.xml + model.bin) converted from the ONNX graph (detcli/deploy/openvino.py).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from detcli.build import load_model
+from detcli.build import load_model, model_source
 from detcli.data.collate import pad_value
 from detcli.data.transforms import image_size_of
 from detcli.deploy.onnx import (
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> float:
         raise ConfigError(f"format must be one of {', '.join(SUFFIXES)}, got '{cfg.format}'.")
     nms, dynamic, half = export_options(cfg)
     quantize = quantize_options(cfg)
-    model, ckpt_cfg, meta, _ = load_model(cfg.checkpoint, "cpu", cfg.get("postprocess"))
+    model, ckpt_cfg, meta, _ = load_model(model_source(cfg, "export"), "cpu", cfg.get("postprocess"))
     reference = Exportable(model, nms).eval()
     exported = Exportable(copy.deepcopy(model).half(), nms).eval() if half else reference
     data_cfg = export_data_config(ckpt_cfg, cfg.image_size)

@@ -1,14 +1,16 @@
 """detcli train: build data and model from the config, train, evaluate, save checkpoints.
-`resume=auto|PATH` continues a run exactly where its last checkpoint left it."""
+`resume=auto|PATH` continues a run exactly where its last checkpoint left it; `weights=...` starts from trained
+weights (torchvision's COCO detectors, another run's checkpoint: detcli/weights/), what it loaded in weights.json."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from detcli.build import build_model, instantiate_group
+from detcli.build import build_model, instantiate_group, prepare_for_weights, start_from
 from detcli.checkpoint import load_with_fallback
 from detcli.config import config_diff, default_config, diff_table
 from detcli.data.collate import pad_value
@@ -38,6 +40,7 @@ def run(cfg: DictConfig) -> float:
                 (path.parent.parent / "config.yaml").is_file():
             out = path.parent.parent  # a run's own last.pt: keep writing into that run's folder
         log.info("resuming %s at step %d, writing to %s", path, ckpt["step"], out)
+    weights = prepare_for_weights(cfg) if ckpt is None else None  # a resumed run has its own weights
     if is_main_process():
         save_yaml(cfg, out / "config.yaml")
         log.info("%s", diff_table(config_diff(default_config("train"), cfg)))
@@ -50,6 +53,10 @@ def run(cfg: DictConfig) -> float:
     train_set, val_set = data.dataset("train"), data.dataset("val", data.cat_ids)
     model = build_model(cfg, num_classes=data.num_classes)
     meta = {"class_names": data.class_names, "cat_ids": data.cat_ids}
+    if weights is not None:
+        summary = start_from(model, weights, data.class_names)
+        if is_main_process():
+            (out / "weights.json").write_text(json.dumps(summary, indent=1) + "\n")
     log.info("data: %d train / %d val images, %d classes %s", len(train_set), len(val_set), data.num_classes,
              data.class_names)
     log.info("model: %s + %s + %s, %.2fM parameters", cfg.backbone.name, cfg.neck._target_.split(".")[-1],

@@ -30,6 +30,7 @@ class TimmBackbone(nn.Module):
         freeze_at: int = 0,
         freeze_bn: bool | str = "auto",
         model_kwargs: dict | None = None,
+        bn_eps: float | None = None,
     ):
         super().__init__()
         self.name = name
@@ -54,6 +55,10 @@ class TimmBackbone(nn.Module):
             from timm.layers import freeze_batch_norm_2d
 
             self.body = freeze_batch_norm_2d(self.body)
+        if bn_eps is not None:  # torchvision's COCO Faster R-CNN was trained with eps 0 in its frozen BatchNorm
+            for m in self.body.modules():
+                if "BatchNorm" in type(m).__name__ and hasattr(m, "eps"):
+                    m.eps = float(bn_eps)
         self.no_weight_decay_names = _no_weight_decay_leaves(name, kwargs)
 
     def no_weight_decay(self) -> set[str]:

@@ -127,6 +127,12 @@ class FasterRCNNHead(nn.Module):
             cls_logits, box_deltas = self._second_stage(rois, *roi_feats)
         return {**out, "rois": rois, "roi_valid": roi_valid, "cls_logits": cls_logits, "box_deltas": box_deltas}
 
+    def class_layout(self) -> dict[str, tuple[int, int]]:
+        """The parameters whose first axis runs over the classes (see Head.class_layout): the class logits with
+        the background row last, the class-specific box deltas 4 rows a class."""
+        return {"cls_score.weight": (1, 1), "cls_score.bias": (1, 1), "bbox_pred.weight": (4, 0),
+                "bbox_pred.bias": (4, 0)}
+
     def priors(self, sizes: list[tuple[int, int]], device) -> dict:
         """The constants of the feature sizes [(h, w)] per level: anchors (N, 4) and the anchors per level [L]."""
         return {"anchors": self.anchors(sizes, device),

@@ -51,6 +51,7 @@ class FCOSHead(nn.Module):
         num_convs: int = 4,
         norm_groups: int = 32,
         prior_prob: float = 0.01,
+        point_offset: float = 0.5,
     ):
         super().__init__()
         if not isinstance(in_channels, int):  # a neck may advertise one count per level
@@ -74,7 +75,7 @@ class FCOSHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
         self.grad_checkpointing = False
-        self.grid = PointGrid(self.strides)
+        self.grid = PointGrid(self.strides, point_offset)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -98,6 +99,10 @@ class FCOSHead(nn.Module):
             "centerness": torch.cat(ctr_out, 2)[:, 0],  # (B, R)
             **self.priors(sizes, feats[0].device),
         }
+
+    def class_layout(self) -> dict[str, tuple[int, int]]:
+        """The parameters whose first axis runs over the classes (see Head.class_layout)."""
+        return {"cls_logits.weight": (1, 0), "cls_logits.bias": (1, 0)}
 
     def priors(self, sizes: list[tuple[int, int]], device) -> dict:
         """The constants of the feature sizes [(h, w)] per level that the criterion assigns targets over."""

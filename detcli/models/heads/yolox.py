@@ -82,6 +82,10 @@ class YOLOXHead(nn.Module):
             **self.priors(sizes, feats[0].device),
         }
 
+    def class_layout(self) -> dict[str, tuple[int, int]]:
+        """The parameters whose first axis runs over the classes (see Head.class_layout)."""
+        return {f"cls_preds.{i}.{p}": (1, 0) for i in range(len(self.strides)) for p in ("weight", "bias")}
+
     def priors(self, sizes: list[tuple[int, int]], device) -> dict:
         """The constants of the feature sizes [(h, w)] per level that the criterion assigns targets over."""
         return self.grid.priors(sizes, device)
