@@ -51,3 +51,29 @@ def test_a_bare_state_dict_of_the_same_class_count_keeps_its_rows_by_position():
     summary = transfer(target, Weights("a.pt", source.state_dict(), None), ["a", "b"])
     assert summary["kept_classes"] == ["a", "b"]
     assert torch.equal(target.state_dict()["head.cls_logits.weight"], source.state_dict()["head.cls_logits.weight"])
+
+
+def test_read_weights_takes_a_safetensors_file_and_a_detcli_checkpoint(tmp_path, toy_run):
+    from safetensors.torch import save_file
+
+    from detcli.weights.source import read_weights
+
+    source = model("fcos", 2)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    weights = read_weights(str(tmp_path / "w.safetensors"))
+    assert weights.class_names is None and weights.config is None
+    assert torch.equal(weights.state["head.cls_logits.weight"], source.state_dict()["head.cls_logits.weight"])
+    ckpt = read_weights(str(toy_run("fcos") / "checkpoints" / "last.pt"))
+    assert ckpt.config["head"]["_target_"].endswith("FCOSHead") and len(ckpt.class_names) == len(ckpt.cat_ids) > 0
+
+
+def test_train_from_another_runs_checkpoint(tmp_path, toy_run):
+    from conftest import TINY, detcli
+
+    run = tmp_path / "run"
+    detcli("train", *TINY, f"weights={toy_run('fcos') / 'checkpoints' / 'last.pt'}", "trainer.max_steps=1",
+           f"hydra.run.dir={run}")
+    import json
+
+    summary = json.loads((run / "weights.json").read_text())
+    assert summary["missing"] == [] and summary["reinitialised_classes"] == [] and len(summary["kept_classes"]) > 0
