@@ -17,6 +17,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from detcli.data.checks import apply_policy, box_defects, image_defects, val_policy
 from detcli.data.collate import Collate, canvas_size
+from detcli.data.duplicates import Settings, find_duplicates
 from detcli.data.sampler import EpochSampler
 from detcli.data.transforms import PAD_VALUE, image_size_of, mixup, mosaic, train_transforms, val_transforms
 from detcli.data.workers import WorkerSignals, worker_count
@@ -216,8 +217,12 @@ class DetectionData:
         close_mosaic: float = 0,
         multiscale: list[int] | None = None,
         cache: bool | str = False,
+        duplicates: dict | None = None,
     ):
         self.steps = {"train": train_transforms, "val": val_transforms}
+        dup = dict(duplicates or {})
+        self.hash_cache = dup.pop("cache", None)
+        self.duplicates = Settings(**dup)
         self.letterbox = letterbox
         if multiscale is not None and (len(multiscale) != 2 or not 0 < multiscale[0] <= multiscale[1]):
             raise ConfigError(f"data.multiscale must be null or [min, max] sides with 0 < min <= max, got {multiscale}")
@@ -296,6 +301,8 @@ class DetectionData:
         what = f"the {split} split"
         if split == "train":
             records, note = apply_policy(records, defects, self.on_bad, what), ""
+            if self.on_bad == "skip":
+                records = self.without_val_duplicates(records, root, cat_ids)
             tf = train_transforms(self.image_size, self.hflip, self.steps["train"], self.hsv)
             side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
             ds = DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
@@ -306,6 +313,29 @@ class DetectionData:
             ds = DetectionDataset(records, root, tf, False, cache=bool(self.cache))
         ds.defects, ds.defect_note = defects, note
         return ds
+
+    def without_val_duplicates(self, records: list, root: Path, cat_ids) -> list:
+        """data.on_bad=skip: the train records minus the images that duplicate a val image (data.duplicates;
+        never the val side), said in the log."""
+        try:
+            val_records, val_root, _ = self.load_split("val", self.label_order(cat_ids))
+        except (ConfigError, DataError, OSError):  # no val split to leak into
+            return records
+        found = find_duplicates({"train": [root / r.file_name for r in records],
+                                 "val": [val_root / r.file_name for r in val_records]},
+                                self.duplicates, self.hash_cache, workers=4)
+        cross = [p for p in found["pairs"] if p["splits"] == "train-val"]
+        # a file that is in both splits (val_ann pointing at the training set, an overfit check) is left alone
+        shared = {p["a"]["file"] for p in cross if Path(p["a"]["file"]).resolve() == Path(p["b"]["file"]).resolve()}
+        leaked = {p["a"]["file"] for p in cross} - shared
+        if shared:
+            log.warning("data.duplicates: %d train images are files of the val split too (train and val share them): "
+                        "kept; `detcli data check` lists them", len(shared))
+        if leaked:
+            log.warning("data.on_bad=skip: left out %d train images that duplicate a val image (%s distance <= %d): %s",
+                        len(leaked), self.duplicates.method, self.duplicates.max_distance,
+                        ", ".join(sorted(Path(f).name for f in leaked)[:10]) + (" ..." if len(leaked) > 10 else ""))
+        return [r for r in records if str(root / r.file_name) not in leaked]
 
     def train_loader(self, dataset: DetectionDataset, seed: int, rank: int = 0, world_size: int = 1,
                      pad_value: tuple = PAD_VALUE) -> DataLoader:

@@ -15,9 +15,11 @@ from rich.table import Table
 
 from detcli.build import instantiate_group
 from detcli.data.checks import apply_policy, report
+from detcli.data.duplicates import duplicate_boxes, find_duplicates
 from detcli.errors import ConfigError, DetcliError
 from detcli.evaluation import scale_fit
 from detcli.tasks.common import run_dir
+from detcli.visualization.pairs import duplicate_pairs
 from detcli.visualization.plots import box_statistics
 
 
@@ -25,16 +27,17 @@ def run(cfg: DictConfig) -> int:
     out = run_dir()
     console = Console()
     data = instantiate_group("data", cfg.data)
-    found, summary, checked = [], {}, {}
+    found, summary, checked, files, everything = [], {}, {}, {}, {}
     for split in cfg.splits:
         try:
-            records, _, defects = data.checked_split(split, data.cat_ids, decode=True)
+            records, root, defects = data.checked_split(split, data.cat_ids, decode=True)
         except ConfigError as e:
             console.print(f"[yellow]{split}: skipped ({e})")
             continue
         summary[split] = statistics(records, data.class_names)
         console.print(stats_table(split, summary[split]))
         found += [(split, d) for d in defects]
+        files[split], everything[split] = [root / r.file_name for r in records], records
         # the plots and the scale fit see the data as training would: defects left out (or clipped, data.on_bad=clip)
         policy = data.on_bad if data.on_bad in ("skip", "clip") else "skip"
         checked[split] = apply_policy(records, defects, policy, f"{split} (plots and scale fit)")
@@ -43,19 +46,53 @@ def run(cfg: DictConfig) -> int:
             console.print(f"box statistics: {out / f'box_stats_{split}.png'}")
     result = {"summary": summary, "defects": [{"split": s, "file": d.file, "where": d.where, "problem": d.problem}
                                               for s, d in found]}
+    leaks = 0
+    if cfg.duplicates.enabled and files:
+        result["duplicates"] = duplicates_report(cfg, data, files, everything, summary, console, out)
+        leaks = sum(n for where, n in result["duplicates"]["counts"].items() if "-" in where)
     if cfg.scale_fit.enabled:
         try:
             result["scale_fit"] = scale_fit_report(cfg, checked, data, console)
         except DetcliError as e:  # a detector the config cannot build: the data report still comes out
             console.print(f"[yellow]scale fit: skipped, the detector could not be built: {e}")
     (out / "data_check.json").write_text(json.dumps(result, indent=1) + "\n")
+    if leaks:
+        console.print(f"[red]{leaks} duplicate pairs across splits (leakage); listed in {out / 'data_check.json'}; "
+                      f"data.on_bad=skip leaves the train side out of training")
     if not found:
         console.print("[green]no defects found")
+        if leaks:
+            sys.exit(1)
         return 0
     console.print(report([d for _, d in found], "defects", limit=len(found)), markup=False, highlight=False)
     console.print(f"written {out / 'data_check.json'}; train with data.on_bad=skip or data.on_bad=clip to "
                   f"leave them out or clip them")
     sys.exit(1)
+
+
+def duplicates_report(cfg: DictConfig, data, files: dict, records: dict, summary: dict, console: Console,
+                      out) -> dict:
+    """Duplicate images within and across the splits, duplicate boxes, val classes the train split lacks
+    (detcli/data/duplicates.py): printed, drawn (duplicates.png) and returned for data_check.json."""
+    found = find_duplicates(files, data.duplicates, data.hash_cache, int(cfg.workers))
+    found["duplicate_boxes"] = [{"split": split, **b} for split, recs in records.items()
+                                for b in duplicate_boxes(recs, data.class_names)]
+    train, val = summary.get("train"), summary.get("val")
+    found["val_classes_missing_from_train"] = [
+        n for n in data.class_names if val and train and val["boxes_per_class"][n] and not train["boxes_per_class"][n]]
+    table = Table(title=f"duplicates ({found['method']}, distance <= {found['max_distance']}; {found['images']} images, "
+                        f"{found['hashed_now']} hashed in {found['seconds']:.1f} s)")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for where in [*files, *(w for w in found["counts"] if "-" in w)]:
+        label = f"duplicate pairs within {where}" if "-" not in where else f"duplicate pairs across {where} (leakage)"
+        table.add_row(label, str(found["counts"].get(where, 0)))
+    table.add_row("duplicate boxes (same class, IoU >= 0.95)", str(len(found["duplicate_boxes"])))
+    table.add_row("val classes without train boxes", ", ".join(found["val_classes_missing_from_train"]) or "0")
+    console.print(table)
+    if cfg.plots and (drawn := duplicate_pairs(found["pairs"], out / "duplicates.png", int(cfg.duplicates.pairs_drawn))):
+        console.print(f"closest duplicate pairs: {drawn}")
+    return found
 
 
 def statistics(records: list, names: list[str]) -> dict:

@@ -1,0 +1,174 @@
+"""Duplicates a data set should not have: the same image twice, within a split or across train / val / test
+(leakage: a val image the model trained on inflates the metric), found by perceptual hash (imagehash's pHash or
+dHash, within a Hamming distance), and the same box twice in one image (same class, IoU >= 0.95).
+
+Hashing reads each file once (its bytes give the exact-copy digest, its pixels the perceptual hash; a JPEG is
+decoded at reduced scale through PIL's draft mode, which is all a 32 x 32 hash needs), in threads, and caches
+each file's result under its path, size and modification time: a second check reads nothing again. The pairs
+come from one batched Hamming-distance pass over the packed hashes.
+
+Naming: N = images, W = 64-bit words per hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from detcli.errors import ConfigError
+
+log = logging.getLogger("detcli")
+METHODS = ("phash", "dhash")
+BOX_IOU = 0.95  # two boxes of one class overlapping this much in one image are one box labelled twice
+
+
+@dataclass(frozen=True)
+class Settings:
+    """data.duplicates: the hash, its side (bits = hash_size^2) and the largest Hamming distance of a pair."""
+
+    method: str = "phash"
+    hash_size: int = 16
+    max_distance: int = 20
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"data.duplicates.method must be one of {', '.join(METHODS)}, got '{self.method}'.")
+        if self.hash_size < 4 or self.hash_size**2 % 64:
+            raise ConfigError(f"data.duplicates.hash_size must be 8, 16, ... (hash_size^2 a multiple of 64 bits), "
+                              f"got {self.hash_size}.")
+
+
+@dataclass
+class Hashes:
+    """Per image: the packed perceptual hash (N, W) uint64 and the sha1 of its bytes ("" when unreadable)."""
+
+    bits: np.ndarray
+    digests: list[str]
+    seconds: float
+    read: int  # images hashed now (the rest came from the cache)
+
+
+def hash_files(paths: list[Path], settings: Settings, cache_dir: str | Path | None = None,
+               workers: int = 8) -> Hashes:
+    """Perceptual hash and byte digest of every file, through the cache in `cache_dir` (None: no cache)."""
+    start = time.perf_counter()
+    cache_file = Path(cache_dir).expanduser() / f"{settings.method}{settings.hash_size}.json" if cache_dir else None
+    cache = _read_cache(cache_file)
+    keys = [_key(p) for p in paths]
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for i, value in zip(todo, pool.map(lambda i: _hash_one(paths[i], settings), todo)):
+            cache[keys[i]] = value
+    if cache_file is not None and todo:
+        _write_cache(cache_file, cache)
+    W = settings.hash_size**2 // 64
+    bits = np.array([int(cache[k][0], 16).to_bytes(8 * W, "big") if cache[k][0] else bytes(8 * W) for k in keys],
+                    dtype=object)
+    packed = np.frombuffer(b"".join(bits), dtype=">u8").astype(np.uint64).reshape(len(keys), W)  # (N, W)
+    return Hashes(packed, [cache[k][1] for k in keys], time.perf_counter() - start, len(todo))
+
+
+def close_pairs(bits: np.ndarray, max_distance: int, words: int = 8_000_000) -> list[tuple[int, int, int]]:
+    """(i, j, Hamming distance) of every pair i < j of hashes (N, W) within `max_distance` bits, in chunks
+    of rows against all (about `words` 64-bit words of memory at a time)."""
+    out = []
+    chunk = max(1, words // max(1, bits.size))
+    for start in range(0, len(bits), chunk):
+        rows = bits[start:start + chunk]  # (c, W)
+        dist = np.bitwise_count(rows[:, None, :] ^ bits[None, :, :]).sum(-1)  # (c, N)
+        i, j = np.nonzero(dist <= max_distance)
+        keep = j > i + start
+        out += [(int(a) + start, int(b), int(dist[a, b])) for a, b in zip(i[keep], j[keep])]
+    return out
+
+
+def find_duplicates(splits: dict[str, list[Path]], settings: Settings, cache_dir=None, workers: int = 8) -> dict:
+    """Duplicate images within and across splits: {"pairs": [...], "counts": {"train": n, "train-val": n, ...},
+    "images", "seconds", "rate"}; a pair's "kind" is exact (the same bytes) or near (within max_distance)."""
+    names = [(s, p) for s, paths in splits.items() for p in paths]
+    hashes = hash_files([p for _, p in names], settings, cache_dir, workers)
+    readable = np.array([bool(d) for d in hashes.digests])
+    pairs, counts = [], {}
+    for i, j, d in close_pairs(hashes.bits, settings.max_distance):
+        if not (readable[i] and readable[j]):
+            continue
+        (sa, fa), (sb, fb) = names[i], names[j]
+        where = sa if sa == sb else "-".join(sorted((sa, sb), key=list(splits).index))
+        counts[where] = counts.get(where, 0) + 1
+        kind = "exact" if hashes.digests[i] == hashes.digests[j] else "near"
+        pairs.append({"splits": where, "a": {"split": sa, "file": str(fa)}, "b": {"split": sb, "file": str(fb)},
+                      "distance": d, "kind": kind})
+    pairs.sort(key=lambda p: (p["a"]["split"] == p["b"]["split"], p["distance"]))  # cross-split first, closest first
+    rate = hashes.read / hashes.seconds if hashes.read else None
+    return {"method": settings.method, "hash_size": settings.hash_size, "max_distance": settings.max_distance,
+            "images": len(names), "hashed_now": hashes.read, "seconds": round(hashes.seconds, 2),
+            "images_per_s": round(rate, 1) if rate else None, "counts": counts, "pairs": pairs}
+
+
+def duplicate_boxes(records: list, names: list[str], iou: float = BOX_IOU) -> list[dict]:
+    """Boxes labelled twice: the same class, IoU >= `iou`, in one image; one entry per pair."""
+    import torch
+    from torchvision.ops import box_iou
+
+    out = []
+    for r in records:
+        if len(r.labels) < 2:
+            continue
+        boxes = torch.as_tensor(r.boxes, dtype=torch.float32)  # (M, 4)
+        same = torch.as_tensor(r.labels)[:, None] == torch.as_tensor(r.labels)[None]  # (M, M)
+        overlap = box_iou(boxes, boxes) * same  # (M, M)
+        for a, b in torch.nonzero(torch.triu(overlap >= iou, diagonal=1)).tolist():
+            out.append({"file": r.file_name, "boxes": [a, b], "class": names[int(r.labels[a])],
+                        "iou": round(float(overlap[a, b]), 4)})
+    return out
+
+
+def _hash_one(path: Path, settings: Settings) -> tuple[str, str]:
+    """(hex perceptual hash, sha1 of the bytes), or ("", "") for a file that cannot be read or decoded (the
+    image checks report those)."""
+    import imagehash
+    from PIL import Image
+
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            side = settings.hash_size * 4
+            im.draft("RGB", (side * 2, side * 2))  # JPEG: decode at 1/2 .. 1/8 scale; others: no effect
+            value = getattr(imagehash, settings.method)(im.convert("RGB"), hash_size=settings.hash_size)
+        return str(value), hashlib.sha1(data).hexdigest()
+    except Exception:  # noqa: BLE001 - unreadable files are the image checks' to report
+        return "", ""
+
+
+def _key(path: Path) -> str:
+    try:
+        st = path.stat()
+        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        return f"{path}|missing"
+
+
+def _read_cache(path: Path | None) -> dict:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("data.duplicates: the hash cache '%s' is unreadable; hashing again", path)
+        return {}
+
+
+def _write_cache(path: Path, cache: dict) -> None:
+    """Written to a temporary file and renamed: a crash never leaves half a cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(cache))
+    tmp.replace(path)
