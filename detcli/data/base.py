@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from detcli.data.checks import apply_policy, box_defects, image_defects, val_policy
 from detcli.data.collate import Collate, canvas_size
-from detcli.data.duplicates import Settings, find_duplicates
+from detcli.data.duplicates import Settings, without_val_duplicates
 from detcli.data.sampler import EpochSampler
 from detcli.data.transforms import PAD_VALUE, image_size_of, mixup, mosaic, train_transforms, val_transforms
 from detcli.data.workers import WorkerSignals, worker_count
@@ -220,9 +220,8 @@ class DetectionData:
         duplicates: dict | None = None,
     ):
         self.steps = {"train": train_transforms, "val": val_transforms}
-        dup = dict(duplicates or {})
-        self.hash_cache = dup.pop("cache", None)
-        self.duplicates = Settings(**dup)
+        self.hash_cache = (duplicates or {}).get("cache")  # data.duplicates (detcli/data/duplicates.py)
+        self.duplicates = Settings(**{k: v for k, v in (duplicates or {}).items() if k != "cache"})
         self.letterbox = letterbox
         if multiscale is not None and (len(multiscale) != 2 or not 0 < multiscale[0] <= multiscale[1]):
             raise ConfigError(f"data.multiscale must be null or [min, max] sides with 0 < min <= max, got {multiscale}")
@@ -293,16 +292,16 @@ class DetectionData:
         return list(cat_ids) if cat_ids else self.cat_ids
 
     def dataset(self, split: str, cat_ids: list[int] | None = None,
-                class_names: list[str] | None = None) -> DetectionDataset:
-        """split 'train' or 'val'; cat_ids / class_names (a checkpoint's) fix the label order (`label_order`).
-        The dataset's `defects` are what the checks found; its `defect_note` says what the val metric
-        leaves out ("" if nothing): data.on_bad never rewrites validation ground truth (checks.val_policy)."""
-        records, root, defects = self.checked_split(split, self.label_order(cat_ids, class_names))
+                class_names: list[str] | None = None, augment: bool | None = None) -> DetectionDataset:
+        """split 'train' or 'val'; cat_ids / class_names (a checkpoint's) fix the label order (`label_order`);
+        `augment` (default: for the train split) picks the training transforms and policy, else evaluation's. Its
+        `defects` are what the checks found, its `defect_note` what the val metric leaves out ("" if nothing)."""
+        records, root, defects = self.checked_split(split, order := self.label_order(cat_ids, class_names))
         what = f"the {split} split"
-        if split == "train":
+        if split == "train" if augment is None else augment:
             records, note = apply_policy(records, defects, self.on_bad, what), ""
             if self.on_bad == "skip":
-                records = self.without_val_duplicates(records, root, cat_ids)
+                records = without_val_duplicates(self, records, root, order)
             tf = train_transforms(self.image_size, self.hflip, self.steps["train"], self.hsv)
             side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
             ds = DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
@@ -313,29 +312,6 @@ class DetectionData:
             ds = DetectionDataset(records, root, tf, False, cache=bool(self.cache))
         ds.defects, ds.defect_note = defects, note
         return ds
-
-    def without_val_duplicates(self, records: list, root: Path, cat_ids) -> list:
-        """data.on_bad=skip: the train records minus the images that duplicate a val image (data.duplicates;
-        never the val side), said in the log."""
-        try:
-            val_records, val_root, _ = self.load_split("val", self.label_order(cat_ids))
-        except (ConfigError, DataError, OSError):  # no val split to leak into
-            return records
-        found = find_duplicates({"train": [root / r.file_name for r in records],
-                                 "val": [val_root / r.file_name for r in val_records]},
-                                self.duplicates, self.hash_cache, workers=4)
-        cross = [p for p in found["pairs"] if p["splits"] == "train-val"]
-        # a file that is in both splits (val_ann pointing at the training set, an overfit check) is left alone
-        shared = {p["a"]["file"] for p in cross if Path(p["a"]["file"]).resolve() == Path(p["b"]["file"]).resolve()}
-        leaked = {p["a"]["file"] for p in cross} - shared
-        if shared:
-            log.warning("data.duplicates: %d train images are files of the val split too (train and val share them): "
-                        "kept; `detcli data check` lists them", len(shared))
-        if leaked:
-            log.warning("data.on_bad=skip: left out %d train images that duplicate a val image (%s distance <= %d): %s",
-                        len(leaked), self.duplicates.method, self.duplicates.max_distance,
-                        ", ".join(sorted(Path(f).name for f in leaked)[:10]) + (" ..." if len(leaked) > 10 else ""))
-        return [r for r in records if str(root / r.file_name) not in leaked]
 
     def train_loader(self, dataset: DetectionDataset, seed: int, rank: int = 0, world_size: int = 1,
                      pad_value: tuple = PAD_VALUE) -> DataLoader:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detcli.errors import ConfigError
+from detcli.errors import ConfigError, DataError
 
 log = logging.getLogger("detcli")
 METHODS = ("phash", "dhash")
@@ -172,3 +172,27 @@ def _write_cache(path: Path, cache: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(cache))
     tmp.replace(path)
+
+
+def without_val_duplicates(data, records: list, root: Path, label_order: list) -> list:
+    """data.on_bad=skip: the train records of `data` (a DetectionData) minus the images that duplicate a val
+    image (data.duplicates; never the val side), said in the log."""
+    try:
+        val_records, val_root, _ = data.load_split("val", label_order)
+    except (ConfigError, DataError, OSError):  # no val split to leak into
+        return records
+    found = find_duplicates({"train": [root / r.file_name for r in records],
+                             "val": [val_root / r.file_name for r in val_records]},
+                            data.duplicates, data.hash_cache, workers=4)
+    cross = [p for p in found["pairs"] if p["splits"] == "train-val"]
+    # a file that is in both splits (val_ann pointing at the training set, an overfit check) is left alone
+    shared = {p["a"]["file"] for p in cross if Path(p["a"]["file"]).resolve() == Path(p["b"]["file"]).resolve()}
+    leaked = {p["a"]["file"] for p in cross} - shared
+    if shared:
+        log.warning("data.duplicates: %d train images are files of the val split too (train and val share them): "
+                    "kept; `detcli data check` lists them", len(shared))
+    if leaked:
+        log.warning("data.on_bad=skip: left out %d train images that duplicate a val image (%s distance <= %d): %s",
+                    len(leaked), data.duplicates.method, data.duplicates.max_distance,
+                    ", ".join(sorted(Path(f).name for f in leaked)[:10]) + (" ..." if len(leaked) > 10 else ""))
+    return [r for r in records if str(root / r.file_name) not in leaked]

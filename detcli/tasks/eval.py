@@ -39,6 +39,7 @@ from detcli.evaluation.thresholds import f1_thresholds
 from detcli.evaluation.tide import ERRORS, tide
 from detcli.evaluation.voc import voc_ap
 from detcli.tasks.common import data_config, run_dir
+from detcli.tasks.label_issues import write_label_issues
 from detcli.visualization.plots import confusion_matrix_plot, pr_curves
 from detcli.visualization.worst import draw_worst
 
@@ -61,7 +62,10 @@ def run(cfg: DictConfig) -> float:
         if cfg.batch_size:
             data_cfg.val_batch_size = int(cfg.batch_size)
         data = instantiate_group("data", data_cfg)
-        dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
+        split = str(cfg.eval.split)
+        if split not in ("val", "train"):
+            raise ConfigError(f"eval.split must be val or train, got '{split}'.")
+        dataset = data.dataset(split, meta["cat_ids"], meta.get("class_names"), augment=False)
         names, cat_ids, source = list(meta["class_names"]), list(meta["cat_ids"]), model_path
         postprocess = {k: v for k, v in OmegaConf.to_container(ckpt_cfg.postprocess).items() if k != "_target_"}
         loader = data.val_loader(dataset, pad_value=pad_value(model.pixel_mean))  # padded as in training
@@ -96,6 +100,9 @@ def run(cfg: DictConfig) -> float:
     if cfg.worst:
         report["worst"] = draw_worst(dets, gts, metas, dataset.image_dir, thresholds, names, int(cfg.worst),
                                      out / "worst")
+    if cfg.eval.label_issues:
+        report["label_issues"] = write_label_issues(dets, gts, metas, names, dataset.image_dir, cfg.eval, thresholds,
+                                                     out)
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if cfg.plots:
         pr_curves(result.precision, result.recall_points, names, out / "pr_curve.png")
@@ -118,7 +125,10 @@ def results_mode(cfg: DictConfig):
     if cfg.get("checkpoint"):
         ckpt_cfg, meta = checkpoint_config(cfg.checkpoint)
         data = instantiate_group("data", data_config(cfg, ckpt_cfg))
-        dataset = data.dataset("val", meta["cat_ids"], meta.get("class_names"))
+        split = str(cfg.eval.split)
+        if split not in ("val", "train"):
+            raise ConfigError(f"eval.split must be val or train, got '{split}'.")
+        dataset = data.dataset(split, meta["cat_ids"], meta.get("class_names"), augment=False)
         return dataset, list(meta["class_names"]), list(meta["cat_ids"]), str(cfg.detections)
     data = instantiate_group("data", cfg.data)
     return data.dataset("val"), data.class_names, data.cat_ids, str(cfg.detections)

@@ -57,3 +57,25 @@ def draw_errors(path: Path, g: dict[str, Tensor], d: dict[str, Tensor], kept: Te
     image = draw_boxes(image, d["boxes"][kept], d["labels"][kept], names, d["scores"][kept], colors=DET_COLOR)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_jpeg(image, str(target), quality=92)
+
+
+def draw_issue(path: Path, issue: dict, target: Path) -> bool:
+    """One likely label issue (detcli/evaluation/label_issues.py) drawn: the label's box green with its class, the
+    model's box red with its class and score, the kind and score in the file name; False when the image cannot
+    be read."""
+    import torch
+
+    try:
+        image = read_image(path)
+    except DataError as e:
+        log.warning("label issue not drawn: %s", e)
+        return False
+    if issue["kind"] != "missing":
+        image = draw_boxes(image, torch.tensor([issue["box"]]), torch.zeros(1, dtype=torch.long), [issue["class"]],
+                           colors=GT_COLOR)
+    if "model_box" in issue:
+        image = draw_boxes(image, torch.tensor([issue["model_box"]]), torch.zeros(1, dtype=torch.long),
+                           [issue["model_class"]], torch.tensor([issue["model_score"]]), colors=DET_COLOR)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_jpeg(image, str(target), quality=92)
+    return True
