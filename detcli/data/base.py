@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +14,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
+from detcli.data.cache import decode_all, fits_in_memory, read_all
 from detcli.data.checks import apply_policy, box_defects, image_defects, val_policy
 from detcli.data.collate import Collate, canvas_size
 from detcli.data.duplicates import Settings, without_val_duplicates
 from detcli.data.sampler import EpochSampler
+from detcli.data.tiles import crop_window, tile_records, tiling
 from detcli.data.transforms import PAD_VALUE, image_size_of, mixup, mosaic, train_transforms, val_transforms
 from detcli.data.workers import WorkerSignals, worker_count
 from detcli.errors import ConfigError, DataError
@@ -38,6 +39,8 @@ class ImageRecord:
     area: np.ndarray = field(default=None)  # (n,) COCO area, for small/medium/large
     sources: list = field(default_factory=list)  # per box: where it is written ("line 3", "annotation id 7")
     ann_file: str = ""  # the file holding this image's annotations
+    window: tuple | None = None  # a training tile (data.tile): x0, y0, x1, y1 in the annotation's pixels
+    full_size: tuple | None = None  # with a window: the whole image's (width, height) in the annotation
 
 
 class DetectionDataset(Dataset):
@@ -62,10 +65,10 @@ class DetectionDataset(Dataset):
         self.mosaic_on = mosaic > 0
         self.final_phase = False
         paths = [self.image_dir / r.file_name for r in records]
-        if cache == "decoded" and not _fits_in_memory(records, mosaic_size):
+        if cache == "decoded" and not fits_in_memory(records, mosaic_size):
             cache = False
-        self.decoded = _decode_all(paths, mosaic_size) if cache == "decoded" else None
-        self.cache = _read_all(paths) if cache is True else None
+        self.decoded = decode_all(paths, mosaic_size) if cache == "decoded" else None
+        self.cache = read_all(paths) if cache is True else None
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Mosaic and mixup stop for the last `close_mosaic` epochs, or for that fraction of the run's
@@ -88,6 +91,8 @@ class DetectionDataset(Dataset):
             image = self.decoded[i] if self.decoded[i] is not None else read_image(path)  # None: reported here
         else:
             image = read_image(path, self.cache[i] if self.cache is not None else None)
+        if rec.window is not None:  # a tile: the window, in the file's pixels
+            image = crop_window(image, rec.window, rec.full_size)
         H, W = image.shape[-2:]
         scale = np.array([W / rec.width, H / rec.height] * 2, dtype=np.float32) if rec.width else np.ones(4)
         keep = ~rec.iscrowd if self.train else np.ones(len(rec.labels), dtype=bool)
@@ -125,58 +130,6 @@ class DetectionDataset(Dataset):
                 "area": torch.from_numpy(rec.area),
             }
         return image.as_subclass(torch.Tensor), target, meta
-
-
-def _read_all(paths: list[Path]) -> list[bytes | None]:
-    """Every file's bytes, read in parallel (a missing file stays None and is reported when used)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def read(p: Path) -> bytes | None:
-        try:
-            return p.read_bytes()
-        except OSError:
-            return None
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(read, paths))
-
-
-def _fits_in_memory(records: list[ImageRecord], side: int) -> bool:
-    """Whether data.cache=decoded takes at most half the memory available now; if not, a warning says so
-    and the images are read from disk (as ultralytics' cache=ram does)."""
-    need = sum(3 * r.height * r.width * min(1.0, side / max(r.height, r.width, 1)) ** 2 for r in records)
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # no sysconf: nothing to check against
-        return True
-    if need > available / 2:
-        log.warning("data.cache=decoded would take about %.1f GiB for %d training images at %d px, more than half "
-                    "of the %.1f GiB available: the images are read from disk instead", need / 2**30, len(records),
-                    side, available / 2**30)
-        return False
-    return True
-
-
-def _decode_all(paths: list[Path], side: int) -> list[torch.Tensor | None]:
-    """Every image decoded (in parallel), shrunk to at most `side` on its longer side; an unreadable one
-    stays None (read_image reports it when the image is used)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from torchvision.transforms.v2 import functional as F
-
-    def decode(p: Path) -> torch.Tensor | None:
-        try:
-            image = read_image(p)
-        except DataError:
-            return None
-        h, w = image.shape[-2:]
-        if max(h, w) > side:
-            scale = side / max(h, w)
-            image = F.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
-        return image.clone()
-
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(decode, paths))
 
 
 def read_image(path: Path, content: bytes | None = None) -> torch.Tensor:
@@ -218,7 +171,9 @@ class DetectionData:
         multiscale: list[int] | None = None,
         cache: bool | str = False,
         duplicates: dict | None = None,
+        tile: dict | None = None,
     ):
+        self.tile = tiling(tile)
         self.steps = {"train": train_transforms, "val": val_transforms}
         self.hash_cache = (duplicates or {}).get("cache")  # data.duplicates (detcli/data/duplicates.py)
         self.duplicates = Settings(**{k: v for k, v in (duplicates or {}).items() if k != "cache"})
@@ -302,9 +257,13 @@ class DetectionData:
             records, note = apply_policy(records, defects, self.on_bad, what), ""
             if self.on_bad == "skip":
                 records = without_val_duplicates(self, records, root, order)
+            if self.tile is not None:
+                records = tile_records(records, self.tile)
+                log.info("data.tile: %d training tiles of %d px", len(records), self.tile.size)
             tf = train_transforms(self.image_size, self.hflip, self.steps["train"], self.hsv)
             side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
-            ds = DetectionDataset(records, root, tf, True, mosaic_size=side, cache=self.cache, **self.augment)
+            cache = self.cache if self.tile is None else bool(self.cache)  # tiles: the files' bytes at most
+            ds = DetectionDataset(records, root, tf, True, mosaic_size=side, cache=cache, **self.augment)
         else:
             records, note = val_policy(records, defects, self.on_bad, what)
             tf = val_transforms(self.image_size, self.steps["val"])
