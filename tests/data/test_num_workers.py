@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from detcli.build import instantiate_group
 from detcli.config import config_dir
-from detcli.data import base
+from detcli.data import workers
 from detcli.data.workers import worker_count
 from detcli.errors import ConfigError
 
@@ -20,7 +20,7 @@ from detcli.errors import ConfigError
     (4, "8", 0),  # more processes than CPUs: never negative
 ])
 def test_auto_shares_the_usable_cpus(monkeypatch, cpus, local_world, expected):
-    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(cpus)))
     if local_world is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
@@ -44,7 +44,7 @@ PATHS = {"coco": [], "voc": ["data.root=/nowhere"], "yolo": ["data.yaml_file=/no
 
 @pytest.mark.parametrize("data", ["coco", "voc", "yolo"])
 def test_the_format_configs_default_to_auto(data, monkeypatch):
-    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     with initialize_config_dir(config_dir(), version_base=None):
         cfg = compose("train", overrides=[f"data={data}", *PATHS[data]])

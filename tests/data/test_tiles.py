@@ -40,5 +40,5 @@ def test_tiled_records_load_their_window(tmp_path):
     assert [t.window for t in tiles[:2]] == [(0, 0, 400, 300), (100, 0, 500, 300)] and tiles[2] is small
     assert tiles[1].boxes.tolist() == [[0, 20, 30, 60]] and tiles[1].labels.tolist() == [2]  # 30 / 40 wide: kept
     ds = DetectionDataset(tiles[:2], tmp_path, transforms=lambda im, t: (im, t), train=True)
-    loaded, boxes, labels, _ = ds.load(1)
+    loaded, boxes, _, _ = ds.load(1)
     assert torch.equal(loaded, image[:, :, 100:500]) and boxes.tolist() == [[0, 20, 30, 60]]
