@@ -101,6 +101,7 @@ class GraphPredictor:
         self.canvas = None if sidecar.get("dynamic") else tuple(sidecar["input"][2:])
         self.ckpt_cfg = None
         self.max_det = int(cfg.predict.max_det)
+        self.nms_thresh = float(sidecar.get("nms_thresh", 0.5))  # written since predict.tile; older: 0.5
         self.path = str(path)
         warn_floor(cfg, sidecar, path, float(self.thresholds.min()))
         self.open(path, cfg)

@@ -119,6 +119,7 @@ def write_sidecar(path: Path, cfg: DictConfig, meta: dict, model: nn.Module, dat
         "output_shapes": OUTPUT_SHAPES[nms], "nms": nms, "dynamic": dynamic, "half": half,
         # the postprocess baked into a graph with NMS: a consumer can raise them, not lower them
         "score_thresh": float(model.postprocess.score_thresh), "max_det": int(model.postprocess.max_det),
+        "nms_thresh": float(getattr(model.postprocess, "nms_thresh", 0.5)),  # predict.tile merges at it
         # the F1-optimal score per class training found on val (null: none for that class), what predict applies
         "score_thresholds": meta.get("score_thresholds"),
         "max_abs_box_diff": figures["max_abs_box_diff"], "check": figures,

@@ -35,6 +35,7 @@ from detcli.errors import ConfigError
 from detcli.evaluation.coco import STAT_KEYS, STAT_NAMES
 from detcli.evaluation.confusion import confusion_matrix
 from detcli.evaluation.evaluator import collect, score
+from detcli.evaluation.sliced import Slicing, slice_dataset
 from detcli.evaluation.thresholds import f1_thresholds
 from detcli.evaluation.tide import ERRORS, tide
 from detcli.evaluation.voc import voc_ap
@@ -72,6 +73,10 @@ def run(cfg: DictConfig) -> float:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         dets, gts, metas = collect(model, loader, device, str(cfg.precision), bool(cfg.channels_last))
+        if slicing := Slicing.of(cfg.eval.get("tile"), float(getattr(model.postprocess, "nms_thresh", 0.5))):  # full-image detections merged with the windows'
+            dets = slice_dataset(model, dataset, dets, slicing, device, str(cfg.precision), bool(cfg.channels_last),
+                                 len(names), int(model.postprocess.max_det), int(data_cfg.get("size_divisible", 32)),
+                                 pad_value(model.pixel_mean))
         write_detections(out / "detections.json", dets, metas, cat_ids)
     result = score(dets, gts, names)
     thresholds = f1_thresholds(dets, gts, len(names))

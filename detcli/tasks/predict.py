@@ -34,6 +34,7 @@ from detcli.data.images import ReadableImageFiles, SkipUnreadable, dataset_ids, 
 from detcli.deploy.predictors import build_predictor
 from detcli.engine.progress import Progress
 from detcli.errors import ConfigError
+from detcli.evaluation.sliced import Slicing, sliced_detections
 from detcli.tasks.common import log, run_dir
 from detcli.visualization.draw import draw_boxes
 
@@ -48,6 +49,7 @@ def run(cfg: DictConfig) -> int:
     ids = image_ids(files, str(cfg.source), cfg.predict.get("ann"), cfg, predictor)
     loader = DataLoader(ReadableImageFiles(files, transforms, ids), batch_size=int(cfg.batch_size),
                         collate_fn=SkipUnreadable(collate))
+    slicing = slicing_of(cfg, predictor)
     results, skipped, done = [], [], 0
     with Progress(len(files), label="predict") as bar:
         for item in loader:
@@ -56,6 +58,11 @@ def run(cfg: DictConfig) -> int:
             skipped += item["skipped"]
             if item["batch"] is not None:
                 for m, d in zip(item["batch"]["meta"], predictor(item["batch"])):
+                    if slicing is not None:  # the whole image's detections merged with its windows'
+                        d = sliced_detections(predictor, read_image(Path(m["file_name"])), slicing, d,
+                                              len(predictor.class_names), int(cfg.predict.max_det),
+                                              int(predictor.data_cfg.get("size_divisible", 32)), predictor.pad,
+                                              predictor.canvas)
                     results += write_image_outputs(cfg, m, d, keep_classes, predictor, out)
             done += len(item["skipped"]) + (len(item["batch"]["meta"]) if item["batch"] is not None else 0)
             bar.advance(done)
@@ -69,6 +76,18 @@ def run(cfg: DictConfig) -> int:
     print(f"{len(results)} detections on {len(files) - len(skipped)} images written to {out / 'predictions.json'}"
           + (f"; {len(skipped)} unreadable files skipped (listed in {out / 'summary.json'})" if skipped else ""))
     return len(results)
+
+
+def slicing_of(cfg: DictConfig, predictor) -> Slicing | None:
+    """predict.tile as a Slicing (merge IoU default: the model's NMS threshold, its sidecar's for a graph); a
+    fixed-size graph needs tiles that fit its input."""
+    model = getattr(predictor, "model", None)
+    nms = float(getattr(model.postprocess, "nms_thresh", 0.5)) if model is not None else predictor.nms_thresh
+    slicing = Slicing.of(cfg.predict.get("tile"), nms)
+    if slicing is not None and predictor.canvas and slicing.tiling.size > min(predictor.canvas):
+        raise ConfigError(f"predict.tile.size={slicing.tiling.size}: the graph takes {predictor.canvas[0]} x "
+                          f"{predictor.canvas[1]} inputs; give tiles no larger, or export with export.dynamic=true.")
+    return slicing
 
 
 def write_image_outputs(cfg: DictConfig, meta: dict, dets: dict[str, Tensor], keep_classes: set[int] | None,
