@@ -16,6 +16,8 @@ from rich.table import Table
 from detcli.build import instantiate_group
 from detcli.data.checks import apply_policy, report
 from detcli.data.duplicates import duplicate_boxes, find_duplicates
+from detcli.data.tiles import Tiling, tile_records
+from detcli.data.transforms import image_size_of
 from detcli.errors import ConfigError, DetcliError
 from detcli.evaluation import scale_fit
 from detcli.tasks.common import run_dir
@@ -156,6 +158,7 @@ def scale_fit_report(cfg: DictConfig, checked: dict, data, console: Console) -> 
             continue
         tried.append({"change": scale_fit.override(key, value), "ceiling": round(ceiling, 4)})
     tried.sort(key=lambda t: -t["ceiling"])
+    tiles = tiling_fit(cfg, records, num_classes, base.ceiling, console)
     best = tried[0] if tried and tried[0]["ceiling"] > base.ceiling else None
     if base.ceiling >= 1.0:
         console.print("[green]scale fit: every box can get a positive")
@@ -173,7 +176,24 @@ def scale_fit_report(cfg: DictConfig, checked: dict, data, console: Console) -> 
             changes.add_row(t["change"], f"{t['ceiling']:.3f}")
         console.print(changes)
     return {"split": sf.split, "images": len(records), "detector": what, **table, "tried": tried,
-            "best_change": best}
+            "best_change": best, "tiling": tiles}
+
+
+def tiling_fit(cfg: DictConfig, records: list, num_classes: int, ceiling: float, console: Console) -> dict | None:
+    """When images are larger than the training size: the recall ceiling with tiles of that size at full
+    resolution as the images (data.tile, detcli/data/tiles.py), and the command when it is higher."""
+    size = image_size_of(cfg.data.image_size)
+    side = size if isinstance(size, int) else max(size)
+    if side < 32 or not any(max(r.width, r.height) > side for r in records):
+        return None
+    tiled = scale_fit.fit(cfg, tile_records(records, Tiling(side, 0.2)), num_classes).ceiling
+    command = (f"detcli train ... data.tile={{size:{side},overlap:0.2}} data.image_size={side}; "
+               f"detcli eval ... eval.tile={{size:{side},overlap:0.2}}")
+    if tiled > ceiling + 0.005:
+        console.print(f"scale fit: tiles of {side} px at full resolution raise the ceiling {ceiling:.3f} -> "
+                      f"{tiled:.3f}: {command}")
+    return {"size": side, "overlap": 0.2, "ceiling": round(tiled, 4), "raises": tiled > ceiling + 0.005,
+            "command": command}
 
 
 def fit_table(title: str, table: dict) -> Table:

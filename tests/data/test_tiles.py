@@ -42,3 +42,16 @@ def test_tiled_records_load_their_window(tmp_path):
     ds = DetectionDataset(tiles[:2], tmp_path, transforms=lambda im, t: (im, t), train=True)
     loaded, boxes, _, _ = ds.load(1)
     assert torch.equal(loaded, image[:, :, 100:500]) and boxes.tolist() == [[0, 20, 30, 60]]
+
+
+def test_data_check_says_when_tiles_raise_the_recall_ceiling(tmp_path, cache_dir):
+    """At 32 px the toy objects (128 px images) shrink under what FCOS reaches; tiles of 32 px keep them whole."""
+    import json
+
+    from conftest import detcli
+
+    proc = detcli("data", "check", "experiment=toy", "data.image_size=32", "plots=false", "duplicates.enabled=false",
+                  "scale_fit.max_images=64", f"hydra.run.dir={tmp_path}")
+    fit = json.loads((tmp_path / "data_check.json").read_text())["scale_fit"]
+    assert fit["tiling"]["raises"] and fit["tiling"]["ceiling"] > fit["all"]["ceiling"]
+    assert "data.tile={size:32,overlap:0.2}" in proc.stdout
