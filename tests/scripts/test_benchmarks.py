@@ -221,6 +221,7 @@ def test_accuracy_at_equal_wall_clock_against_ultralytics(tmp_path, cache_dir):
     assert result["runs"]["ultralytics"]["epochs"] >= 1
 
 
+@pytest.mark.slow  # a benchmark smoke run (make test-all), as the others here
 @pytest.mark.parametrize("script", ["bench_train.py", "bench_infer.py"])
 def test_faster_rcnn_against_torchvision(script, tmp_path, cache_dir):
     """--head faster_rcnn measures torchvision's FasterRCNN (same backbone, size, RPN and RoI settings) in
@@ -273,6 +274,7 @@ def test_bench_gpu_dry_run_runs_every_step_and_summarises(tmp_path, cache_dir):
     assert "gradient checkpointing" in proc.stdout and "MFU" in proc.stdout
 
 
+@pytest.mark.slow  # builds the benchmark set twice (make test-all)
 def test_pasted_set_is_reproducible_held_out_and_checked(tmp_path):
     """benchkit/pasted.py from stand-ins for the skimage files (no network): ten classes, every box inside its
     256 px image, val on other backgrounds than train, the same bytes when built twice, and `detcli data check`

@@ -137,6 +137,7 @@ def test_load_model_gives_torchvision_detections(hub, head):
             assert_same(r, d["boxes"][0][keep], d["scores"][0][keep], cat_ids[d["labels"][0][keep]])
 
 
+@pytest.mark.slow  # a ResNet-50 through the CLI (make test-all); test_load_model_* holds the same in process
 def test_predict_cli_gives_torchvision_detections(hub, tmp_path):
     head = "fcos"
     detcli("predict", f"weights={spec(head)}", f"source={hub['images']}", f"image_size=[{H},{W}]", "precision=fp32",
@@ -182,6 +183,7 @@ def test_eval_and_onnx_give_torchvision_detections(hub, head, tmp_path):
         assert_same(r, *got[str(hub["images"] / name)])
 
 
+@pytest.mark.slow  # a ResNet-50 FCOS trained through the CLI (make test-all); test_transfer.py holds the rules
 def test_finetune_from_torchvision_weights_with_other_classes(hub, tmp_path, cache_dir):
     """detcli train weights=<a local copy of the COCO file> on the toy set (other classes): everything but the
     class rows is loaded, the class rows re-initialised, said in the log and in weights.json."""
