@@ -66,8 +66,10 @@ def coco_args(root: Path) -> list[str]:
 
 @pytest.fixture
 def planted(tmp_path, cache_dir):
-    detcli("data", "check", "experiment=toy", "scale_fit.enabled=false", "plots=false", f"hydra.run.dir={tmp_path / 'toy'}")
-    toy = next(p for p in cache_dir.glob("toy_v2_seed0_n512_128*") if p.is_dir())
+    from detcli.data.toy import generate_toy
+
+    toy = cache_dir / "toy_v2_seed0_n512_128"
+    generate_toy(str(toy), 0, 512, 64, 128)  # the default toy set (kept when it is there)
     planted_coco(toy, tmp_path / "set")
     return tmp_path / "set"
 

@@ -149,6 +149,7 @@ def _allreduce_count(rank: int, world: int, port: int, accumulate: int, out) -> 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes, as the other DDP cases (make test-all)
 def test_accumulation_all_reduces_once_per_step(tmp_path, cache_dir):
     """Two gloo processes: with trainer.accumulate=3 the gradients are all-reduced as often as with 1."""
     for i, accumulate in enumerate((1, 3)):
