@@ -73,11 +73,13 @@ def load_checkpoint_config(checkpoint: str) -> tuple[DictConfig, dict]:
     return OmegaConf.create(ckpt["config"]), ckpt["meta"]
 
 
-def load_model(source: str, device: str = "auto", postprocess: DictConfig | dict | None = None):
+def load_model(source: str, device: str = "auto", postprocess: DictConfig | dict | None = None,
+               key: str = "checkpoint"):
     """(model in eval mode on its device, its config, meta, device) from a detcli checkpoint (`checkpoint=`) or
     any `weights=` (torchvision's COCO weights, a local file: detcli/weights/source.py, with the classes it was
-    trained on); `postprocess` (a task's `postprocess.KEY=...`, "keep" = the model's) set over the model's own."""
-    weights = read_weights(source)
+    trained on); `postprocess` (a task's `postprocess.KEY=...`, "keep" = the model's) set over the model's own;
+    `key`: the config key that named `source` (checkpoint, weights), for the messages."""
+    weights = read_weights(source, key)
     cfg = model_config(weights)
     override_postprocess(cfg, postprocess or {}, source)
     # the weights hold every tensor: never fetch or read the backbone's initial weights again, but
@@ -86,7 +88,9 @@ def load_model(source: str, device: str = "auto", postprocess: DictConfig | dict
     cfg.backbone.freeze_bn = resolve_freeze_bn(cfg.backbone.get("freeze_bn", False),
                                                cfg.backbone.get("pretrained", False), cfg.backbone.get("weights"))
     cfg.backbone.pretrained, cfg.backbone.weights = False, None
-    meta = {"class_names": weights.class_names, "cat_ids": weights.cat_ids, **weights.meta}
+    # data_known: the config holds the data the model was trained on (not torchvision's composed one)
+    meta = {"class_names": weights.class_names, "cat_ids": weights.cat_ids, **weights.meta,
+            "data_known": weights.config is not None}
     model = build_model(cfg, num_classes=len(meta["class_names"]))
     missing, unexpected = model.load_state_dict(weights.state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
@@ -114,8 +118,8 @@ def model_config(weights: Weights) -> DictConfig:
                       f"and use that run's best.pt.")
 
 
-def model_source(cfg: DictConfig, task: str) -> str:
-    """checkpoint= or weights= of an eval / predict / export command (one of them, not both)."""
+def model_source(cfg: DictConfig, task: str) -> tuple[str, str]:
+    """(checkpoint= or weights= of an eval / predict / export command (one of them, not both), its key)."""
     checkpoint, weights = cfg.get("checkpoint"), cfg.get("weights")
     if checkpoint and weights:
         raise ConfigError(f"detcli {task}: give checkpoint=PATH or weights=..., not both.")
@@ -123,7 +127,7 @@ def model_source(cfg: DictConfig, task: str) -> str:
         raise ConfigError(f"detcli {task} needs checkpoint=PATH (a detcli checkpoint) or weights=... "
                           f"({PREFIX}<WeightsEnum>, e.g. {PREFIX}FCOS_ResNet50_FPN_Weights.COCO_V1, or a local "
                           f".pth / .safetensors).")
-    return str(checkpoint or weights)
+    return (str(checkpoint), "checkpoint") if checkpoint else (str(weights), "weights")
 
 
 def prepare_for_weights(cfg: DictConfig) -> Weights | None:

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,11 +84,18 @@ def close_pairs(bits: np.ndarray, max_distance: int, words: int = 8_000_000) -> 
     chunk = max(1, words // max(1, bits.size))
     for start in range(0, len(bits), chunk):
         rows = bits[start:start + chunk]  # (c, W)
-        dist = np.bitwise_count(rows[:, None, :] ^ bits[None, :, :]).sum(-1)  # (c, N)
+        dist = _popcount(rows[:, None, :] ^ bits[None, :, :]).sum(-1)  # (c, N)
         i, j = np.nonzero(dist <= max_distance)
         keep = j > i + start
         out += [(int(a) + start, int(b), int(dist[a, b])) for a, b in zip(i[keep], j[keep])]
     return out
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 word (numpy >= 2 has it built in)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words)
+    return np.unpackbits(words[..., None].view(np.uint8), axis=-1).sum(-1)
 
 
 def find_duplicates(splits: dict[str, list[Path]], settings: Settings, cache_dir=None, workers: int = 8) -> dict:
@@ -95,11 +103,10 @@ def find_duplicates(splits: dict[str, list[Path]], settings: Settings, cache_dir
     "images", "seconds", "rate"}; a pair's "kind" is exact (the same bytes) or near (within max_distance)."""
     names = [(s, p) for s, paths in splits.items() for p in paths]
     hashes = hash_files([p for _, p in names], settings, cache_dir, workers)
-    readable = np.array([bool(d) for d in hashes.digests])
+    readable = np.flatnonzero([bool(d) for d in hashes.digests])  # unreadable files: the image checks' to report
     pairs, counts = [], {}
-    for i, j, d in close_pairs(hashes.bits, settings.max_distance):
-        if not (readable[i] and readable[j]):
-            continue
+    for a, b, d in close_pairs(hashes.bits[readable], settings.max_distance):
+        i, j = int(readable[a]), int(readable[b])
         (sa, fa), (sb, fb) = names[i], names[j]
         where = sa if sa == sb else "-".join(sorted((sa, sb), key=list(splits).index))
         counts[where] = counts.get(where, 0) + 1
@@ -167,11 +174,15 @@ def _read_cache(path: Path | None) -> dict:
 
 
 def _write_cache(path: Path, cache: dict) -> None:
-    """Written to a temporary file and renamed: a crash never leaves half a cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(cache))
-    tmp.replace(path)
+    """Written to a temporary file of this process and renamed: a crash never leaves half a cache, processes
+    writing at once (DDP ranks) each leave a whole one; a folder that cannot be written is a warning."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(path)
+    except OSError as e:
+        log.warning("data.duplicates.cache: could not write '%s' (%s); the hashes are not cached", path, e)
 
 
 def without_val_duplicates(data, records: list, root: Path, label_order: list) -> list:

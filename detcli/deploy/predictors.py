@@ -50,8 +50,9 @@ class TorchPredictor:
             raise ConfigError("checkpoint=PATH (or weights=..., e.g. torchvision:FCOS_ResNet50_FPN_Weights.COCO_V1) is "
                               "needed with predict.backend=torch (the default); with predict.backend=onnx give "
                               "predict.onnx=PATH instead.")
-        self.path = model_source(cfg, "predict")
-        self.model, self.ckpt_cfg, meta, self.device = load_model(self.path, cfg.device, cfg.get("postprocess"))
+        self.path, key = model_source(cfg, "predict")
+        self.model, self.ckpt_cfg, meta, self.device = load_model(self.path, cfg.device, cfg.get("postprocess"), key)
+        self.data_known = meta["data_known"]  # predict.ann=train|val reads the model's own data
         self.model.postprocess.max_det = int(cfg.predict.max_det)
         self.class_names, self.cat_ids = meta["class_names"], meta["cat_ids"]
         self.thresholds = class_thresholds(cfg, meta.get("score_thresholds"), self.class_names, "checkpoint")

@@ -186,7 +186,8 @@ def tiling_fit(cfg: DictConfig, records: list, num_classes: int, ceiling: float,
     side = size if isinstance(size, int) else max(size)
     if side < 32 or not any(max(r.width, r.height) > side for r in records):
         return None
-    tiled = scale_fit.fit(cfg, tile_records(records, Tiling(side, 0.2)), num_classes).ceiling
+    tiled_cfg = scale_fit.with_change(cfg, "data.image_size", side)  # the tile itself, not resized
+    tiled = scale_fit.fit(tiled_cfg, tile_records(records, Tiling(side, 0.2)), num_classes).ceiling
     command = (f"detcli train ... data.tile={{size:{side},overlap:0.2}} data.image_size={side}; "
                f"detcli eval ... eval.tile={{size:{side},overlap:0.2}}")
     if tiled > ceiling + 0.005:

@@ -39,7 +39,7 @@ from detcli.evaluation.sliced import Slicing, slice_dataset
 from detcli.evaluation.thresholds import f1_thresholds
 from detcli.evaluation.tide import ERRORS, tide
 from detcli.evaluation.voc import voc_ap
-from detcli.tasks.common import data_config, run_dir
+from detcli.tasks.common import data_config, log, run_dir
 from detcli.tasks.label_issues import write_label_issues
 from detcli.visualization.plots import confusion_matrix_plot, pr_curves
 from detcli.visualization.worst import draw_worst
@@ -57,8 +57,8 @@ def run(cfg: DictConfig) -> float:
         dets, gts = read_results(Path(str(cfg.detections)), dataset, cat_ids)
         metas = [{"image_id": r.image_id, "file_name": r.file_name} for r in dataset.records]
     else:
-        model_path = model_source(cfg, "eval")
-        model, ckpt_cfg, meta, device = load_model(model_path, cfg.device, cfg.get("postprocess"))
+        model_path, key = model_source(cfg, "eval")
+        model, ckpt_cfg, meta, device = load_model(model_path, cfg.device, cfg.get("postprocess"), key)
         data_cfg = data_config(cfg, ckpt_cfg)
         if cfg.batch_size:
             data_cfg.val_batch_size = int(cfg.batch_size)
@@ -67,6 +67,7 @@ def run(cfg: DictConfig) -> float:
         if split not in ("val", "train"):
             raise ConfigError(f"eval.split must be val or train, got '{split}'.")
         dataset = data.dataset(split, meta["cat_ids"], meta.get("class_names"), augment=False)
+        warn_other_names(data, meta)
         names, cat_ids, source = list(meta["class_names"]), list(meta["cat_ids"]), model_path
         postprocess = {k: v for k, v in OmegaConf.to_container(ckpt_cfg.postprocess).items() if k != "_target_"}
         loader = data.val_loader(dataset, pad_value=pad_value(model.pixel_mean))  # padded as in training
@@ -124,6 +125,19 @@ def run(cfg: DictConfig) -> float:
     return result.stats["map"]
 
 
+def warn_other_names(data, meta: dict) -> None:
+    """COCO data matches the model's classes by id: say so when an id names another class here (a custom json
+    scored with COCO's weights), as the metric then scores one class as another."""
+    if data.match_classes_by != "id":
+        return
+    model = dict(zip(meta["cat_ids"], meta["class_names"]))
+    other = [f"{c['id']} is '{c['name']}' here, '{model[c['id']]}' in the model" for c in data.categories
+             if c["id"] in model and c["name"] != model[c["id"]]]
+    if other:
+        log.warning("the data's category ids name other classes than the model's (COCO data is matched by id): %s",
+                    "; ".join(other[:5]) + (f"; {len(other) - 5} more" if len(other) > 5 else ""))
+
+
 def results_mode(cfg: DictConfig):
     """(val dataset, class names, category ids, what is scored) for detections=FILE: the checkpoint's data
     and classes when checkpoint= is given, else the configured data's own."""
@@ -134,6 +148,7 @@ def results_mode(cfg: DictConfig):
         if split not in ("val", "train"):
             raise ConfigError(f"eval.split must be val or train, got '{split}'.")
         dataset = data.dataset(split, meta["cat_ids"], meta.get("class_names"), augment=False)
+        warn_other_names(data, meta)
         return dataset, list(meta["class_names"]), list(meta["cat_ids"]), str(cfg.detections)
     data = instantiate_group("data", cfg.data)
     return data.dataset("val"), data.class_names, data.cat_ids, str(cfg.detections)

@@ -54,7 +54,8 @@ def run(cfg: DictConfig) -> float:
         raise ConfigError(f"format must be one of {', '.join(SUFFIXES)}, got '{cfg.format}'.")
     nms, dynamic, half = export_options(cfg)
     quantize = quantize_options(cfg)
-    model, ckpt_cfg, meta, _ = load_model(model_source(cfg, "export"), "cpu", cfg.get("postprocess"))
+    source, key = model_source(cfg, "export")
+    model, ckpt_cfg, meta, _ = load_model(source, "cpu", cfg.get("postprocess"), key)
     reference = Exportable(model, nms).eval()
     exported = Exportable(copy.deepcopy(model).half(), nms).eval() if half else reference
     data_cfg = export_data_config(ckpt_cfg, cfg.image_size)

@@ -146,7 +146,7 @@ def image_ids(files: list[Path], source: str, ann: str | None, cfg: DictConfig, 
     if not ann:
         return None
     if ann in ("train", "val"):  # the checkpoint's own dataset, whatever its format
-        if predictor.ckpt_cfg is None and not cfg.get("checkpoint"):
+        if not getattr(predictor, "data_known", False) and not cfg.get("checkpoint"):
             raise ConfigError(f"predict.ann={ann} reads the checkpoint's dataset: give checkpoint=PATH too, or "
                               f"predict.ann=FILE.json (COCO).")
         ckpt_cfg = predictor.ckpt_cfg or OmegaConf.create(load_checkpoint(cfg.checkpoint)["config"])

@@ -35,7 +35,8 @@ class Weights:
     meta: dict = field(default_factory=dict)
 
 
-def read_weights(spec: str) -> Weights:
+def read_weights(spec: str, key: str = "weights") -> Weights:
+    """The weights `spec` names; `key`: the config key that gave it (weights, checkpoint), for the messages."""
     spec = str(spec)
     if spec.startswith(PREFIX):
         name = spec[len(PREFIX):]
@@ -43,21 +44,23 @@ def read_weights(spec: str) -> Weights:
         return _torchvision(spec, tv.convert(state, categories, arch, spec))
     path = Path(spec).expanduser()
     if not path.is_file():
+        if key != "weights":
+            raise CheckpointError(f"{key} '{path}' does not exist.")
         raise ConfigError(f"weights='{spec}': no such file. Give torchvision:<WeightsEnum> (e.g. "
                           f"torchvision:FCOS_ResNet50_FPN_Weights.COCO_V1), a detcli checkpoint (best.pt), or a "
                           f"local .pth / .safetensors state dict.")
-    obj = _read_file(path)
+    obj = _read_file(path, key)
     if isinstance(obj, dict) and "model" in obj and "config" in obj:  # a detcli checkpoint
         ckpt = load_checkpoint(path)
         meta = ckpt["meta"]
         return Weights(spec, inference_weights(ckpt), list(meta["class_names"]), list(meta["cat_ids"]),
                        ckpt["config"], meta=dict(meta))
-    state = _state_dict(obj, path)
+    state = _state_dict(obj, path, key)
     arch = tv.architecture_of(state)
     if arch is not None:
         return _torchvision(spec, tv.convert(state, None, arch, spec))
     if not any(k.startswith(("backbone.", "neck.", "head.")) for k in state):
-        raise CheckpointError(f"weights='{spec}': neither a torchvision FCOS / Faster R-CNN state dict nor "
+        raise CheckpointError(f"{key}='{spec}': neither a torchvision FCOS / Faster R-CNN state dict nor "
                               f"detcli's (its first keys: {list(state)[:4]}).")
     return Weights(spec, state, None)
 
@@ -66,7 +69,7 @@ def _torchvision(spec: str, c: tv.Converted) -> Weights:
     return Weights(spec, c.state, c.class_names, c.cat_ids, architecture=c.architecture)
 
 
-def _read_file(path: Path):
+def _read_file(path: Path, key: str):
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -74,18 +77,20 @@ def _read_file(path: Path):
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"weights='{path}' cannot be read ({type(e).__name__}: {str(e)[:300]}); it may be "
-                              f"truncated or not a PyTorch weights file.") from e
+        raise CheckpointError(f"{key}='{path}' cannot be read ({type(e).__name__}: {str(e)[:300]}); it may be "
+                              f"truncated, not a PyTorch weights file, or a training script's checkpoint holding "
+                              f"other Python objects (torchvision's references save argparse arguments): save "
+                              f"its state dict alone, torch.save(ckpt['model'], 'model.pth'), and give that.") from e
 
 
-def _state_dict(obj, path: Path) -> dict[str, Tensor]:
+def _state_dict(obj, path: Path, key: str) -> dict[str, Tensor]:
     """The tensors of a file: a state dict, or one under 'model' / 'state_dict' (a training script's save)."""
     if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
+        for inner in ("model", "state_dict"):
+            if isinstance(obj.get(inner), dict):
+                obj = obj[inner]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"weights='{path}' holds no state dict (a dict of tensors, or one under 'model' or "
+        raise CheckpointError(f"{key}='{path}' holds no state dict (a dict of tensors, or one under 'model' or "
                               f"'state_dict').")
     return obj

@@ -70,7 +70,7 @@ FCOS = Architecture(
             (r"^head\.regression_head\.conv\.", "head.box_tower."),
             (r"^head\.regression_head\.bbox_reg\.", "head.bbox_pred."),
             (r"^head\.regression_head\.bbox_ctrness\.", "head.centerness.")],
-    marker="head.classification_head.",
+    marker="head.regression_head.bbox_ctrness.",  # RetinaNet has a classification_head too, no centerness
 )
 FASTER_RCNN = Architecture(
     builder="fasterrcnn_resnet50_fpn",

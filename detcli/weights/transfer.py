@@ -35,6 +35,8 @@ def transfer(model: nn.Module, weights: Weights, class_names: list[str]) -> dict
         src = weights.state.get(key)
         if src is None:
             missing.append(key)
+        elif key in layout and not source_names:  # a bare state dict of another class count: rows re-initialised
+            continue
         elif key in layout:
             new[key] = move_rows(value, src, layout[key], source_names, class_names, key, weights.source)
         elif src.shape != value.shape:

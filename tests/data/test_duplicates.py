@@ -109,3 +109,12 @@ def test_hashes_are_cached_by_file(planted, tmp_path):
     first = hash_files(files, Settings(), tmp_path / "hashes")
     again = hash_files(files, Settings(), tmp_path / "hashes")
     assert first.read == len(files) and again.read == 0 and np.array_equal(first.bits, again.bits)
+
+
+def test_unreadable_files_pair_with_nothing(tmp_path):
+    from detcli.data.duplicates import find_duplicates
+
+    for i in range(3):
+        (tmp_path / f"bad{i}.png").write_bytes(b"not an image")
+    found = find_duplicates({"train": sorted(tmp_path.glob("*.png"))}, Settings())
+    assert found["pairs"] == [] and found["images"] == 3

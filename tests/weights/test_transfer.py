@@ -77,3 +77,19 @@ def test_train_from_another_runs_checkpoint(tmp_path, toy_run):
 
     summary = json.loads((run / "weights.json").read_text())
     assert summary["missing"] == [] and summary["reinitialised_classes"] == [] and len(summary["kept_classes"]) > 0
+
+
+def test_a_bare_state_dict_of_another_class_count_reinitialises_the_class_rows():
+    source, target = model("fcos", 5), model("fcos", 2)
+    before = target.state_dict()["head.cls_logits.weight"].clone()
+    summary = transfer(target, Weights("a.pt", source.state_dict(), None), ["a", "b"])
+    assert summary["reinitialised_classes"] == ["a", "b"] and summary["kept_classes"] == []
+    assert torch.equal(target.state_dict()["head.cls_logits.weight"], before)
+    assert torch.equal(target.state_dict()["head.bbox_pred.weight"], source.state_dict()["head.bbox_pred.weight"])
+
+
+def test_a_missing_checkpoint_is_named_as_a_checkpoint(tmp_path):
+    from detcli.build import load_model
+
+    with pytest.raises(CheckpointError, match="checkpoint '.*nope.pt' does not exist"):
+        load_model(str(tmp_path / "nope.pt"), "cpu")
