@@ -49,8 +49,6 @@ def test_a_tile_covering_the_image_scores_the_plain_map(toy_run, tmp_path):
                    json.loads((tmp_path / r / "detections.json").read_text())) for r in ("plain", "tiled")]
     assert len(dets[0]) > 100 and len(dets[0]) == len(dets[1])  # the same detections
     assert torch.tensor(dets[0]).sub(torch.tensor(dets[1])).abs().max() < 1e-4
-    detcli("eval", *common, "eval.tile={size:64,overlap:0.25}", f"hydra.run.dir={tmp_path / 'small'}")
-    assert (tmp_path / "small" / "detections.json").is_file()
 
 
 def test_predict_tiles_with_an_exported_graph(toy_run, tmp_path, cache_dir):
