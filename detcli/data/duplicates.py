@@ -78,17 +78,50 @@ def hash_files(paths: list[Path], settings: Settings, cache_dir: str | Path | No
 
 
 def close_pairs(bits: np.ndarray, max_distance: int, words: int = 8_000_000) -> list[tuple[int, int, int]]:
-    """(i, j, Hamming distance) of every pair i < j of hashes (N, W) within `max_distance` bits, in chunks
-    of rows against all (about `words` 64-bit words of memory at a time)."""
+    """(i, j, Hamming distance) of every pair i < j of hashes (N, W) within `max_distance` bits, sorted: every
+    pair compared in chunks of rows (about `words` 64-bit words of memory at a time) for a small set, else the
+    candidates of the multi-index search (`_candidates`) alone."""
+    n = len(bits)
+    if n * n * bits.shape[1] <= 2_000_000_000 or max_distance + 1 > bits.shape[1] * 64 // 4:
+        out = []
+        chunk = max(1, words // max(1, bits.size))
+        for start in range(0, n, chunk):
+            rows = bits[start:start + chunk]  # (c, W)
+            dist = _popcount(rows[:, None, :] ^ bits[None, :, :]).sum(-1)  # (c, N)
+            i, j = np.nonzero(dist <= max_distance)
+            keep = j > i + start
+            out += [(int(a) + start, int(b), int(dist[a, b])) for a, b in zip(i[keep], j[keep])]
+        return out
+    i, j = _candidates(bits, max_distance)  # (P,), (P,)
     out = []
-    chunk = max(1, words // max(1, bits.size))
-    for start in range(0, len(bits), chunk):
-        rows = bits[start:start + chunk]  # (c, W)
-        dist = _popcount(rows[:, None, :] ^ bits[None, :, :]).sum(-1)  # (c, N)
-        i, j = np.nonzero(dist <= max_distance)
-        keep = j > i + start
-        out += [(int(a) + start, int(b), int(dist[a, b])) for a, b in zip(i[keep], j[keep])]
+    for start in range(0, len(i), 1_000_000):  # the candidates' distances, a million at a time
+        a, b = i[start:start + 1_000_000], j[start:start + 1_000_000]
+        dist = _popcount(bits[a] ^ bits[b]).sum(-1)  # (p,)
+        keep = dist <= max_distance
+        out += [(int(x), int(y), int(d)) for x, y, d in zip(a[keep], b[keep], dist[keep])]
     return out
+
+
+def _candidates(bits: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs i < j that agree on at least one of max_distance + 1 blocks of the hash bits: by the pigeonhole
+    principle every pair within max_distance does (multi-index hashing), so only these need comparing."""
+    n = len(bits)
+    flat = np.unpackbits(bits.astype(">u8").view(np.uint8), axis=1)  # (N, W * 64) bits
+    pairs = []
+    for block in np.array_split(np.arange(flat.shape[1]), max_distance + 1):
+        value = flat[:, block].astype(np.int64) @ (1 << np.arange(len(block), dtype=np.int64))  # (N,)
+        order = np.argsort(value, kind="stable")  # (N,)
+        same = value[order]
+        for step in range(1, n):  # equal values sit in runs: pair each with the ones `step` after it
+            match = same[step:] == same[:-step]
+            if not match.any():
+                break
+            a, b = order[:-step][match], order[step:][match]
+            pairs.append(np.stack([np.minimum(a, b), np.maximum(a, b)], 1))
+    if not pairs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    unique = np.unique(np.concatenate(pairs) @ np.array([n, 1], dtype=np.int64))  # (P,) as i * N + j
+    return unique // n, unique % n
 
 
 def _popcount(words: np.ndarray) -> np.ndarray:

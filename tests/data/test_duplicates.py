@@ -118,3 +118,24 @@ def test_unreadable_files_pair_with_nothing(tmp_path):
         (tmp_path / f"bad{i}.png").write_bytes(b"not an image")
     found = find_duplicates({"train": sorted(tmp_path.glob("*.png"))}, Settings())
     assert found["pairs"] == [] and found["images"] == 3
+
+
+def test_the_multi_index_search_finds_what_comparing_every_pair_finds():
+    """Random 256-bit hashes with 40 planted near copies (0-20 bits flipped): the candidates of the pigeonhole
+    blocks hold every pair within the distance that the brute-force comparison finds."""
+    from detcli.data.duplicates import _candidates, _popcount
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**63, (3000, 4), dtype=np.int64).astype(np.uint64)
+    copies = []
+    for _ in range(40):
+        row = bits[rng.integers(0, 3000)].copy()
+        for f in rng.choice(256, rng.integers(0, 21), replace=False):
+            row[f // 64] ^= np.uint64(1) << np.uint64(f % 64)
+        copies.append(row)
+    bits = np.vstack([bits, np.array(copies)])
+    brute = close_pairs(bits, 20)  # 3040 hashes: every pair compared
+    i, j = _candidates(bits, 20)
+    dist = _popcount(bits[i] ^ bits[j]).sum(-1)
+    indexed = sorted((int(a), int(b), int(d)) for a, b, d in zip(i, j, dist) if d <= 20)
+    assert len(brute) >= 40 and sorted(brute) == indexed
