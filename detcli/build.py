@@ -18,7 +18,6 @@ from detcli.models.backbones.timm import resolve_freeze_bn
 from detcli.models.detector import Detector
 from detcli.weights.source import PREFIX, Weights, read_weights
 from detcli.weights.torchvision import weights_enum
-from detcli.weights.transfer import transfer
 
 log = logging.getLogger("detcli")
 
@@ -159,11 +158,6 @@ def check_architecture(cfg: DictConfig, arch) -> None:
         raise ConfigError(f"weights={cfg.weights} are torchvision's {arch.builder}: this config builds another "
                           f"network ({have}). Set {want} (head=... and backbone=... choose most of them), or start "
                           f"from a preset that does: experiment=finetune_fcos_r50 / experiment=finetune_faster_rcnn_r50.")
-
-
-def start_from(model: Detector, weights: Weights, class_names: list[str]) -> dict:
-    """The weights loaded into a new model of `class_names` (detcli/weights/transfer.py): the summary."""
-    return transfer(model, weights, class_names)
 
 
 def _plain(value):

@@ -71,9 +71,8 @@ def hash_files(paths: list[Path], settings: Settings, cache_dir: str | Path | No
     if cache_file is not None and todo:
         _write_cache(cache_file, cache)
     W = settings.hash_size**2 // 64
-    bits = np.array([int(cache[k][0], 16).to_bytes(8 * W, "big") if cache[k][0] else bytes(8 * W) for k in keys],
-                    dtype=object)
-    packed = np.frombuffer(b"".join(bits), dtype=">u8").astype(np.uint64).reshape(len(keys), W)  # (N, W)
+    raw = b"".join(bytes.fromhex(cache[k][0]) if cache[k][0] else bytes(8 * W) for k in keys)  # unreadable: 0
+    packed = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(keys), W)  # (N, W)
     return Hashes(packed, [cache[k][1] for k in keys], time.perf_counter() - start, len(todo))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from detcli.data import tiles
 from detcli.data.collate import collate
 from detcli.data.tiles import Tiling, windows
 from detcli.errors import ConfigError
@@ -41,7 +42,7 @@ class Slicing:
         node = dict(node)
         if node.get("merge", "nms") not in ("nms", "vote"):
             raise ConfigError(f"tile.merge must be nms or vote, got '{node['merge']}'.")
-        tiling = Tiling(int(node.get("size", 640)), float(node.get("overlap", 0.2)))
+        tiling = tiles.tiling({k: v for k, v in node.items() if k in ("size", "overlap")})
         iou = node.get("iou")
         return cls(tiling, bool(node.get("full", True)), str(node.get("merge", "nms")),
                    float(nms_thresh if iou is None else iou), int(node.get("batch", 8)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from detcli.build import build_model, instantiate_group, prepare_for_weights, start_from
+from detcli.build import build_model, instantiate_group, prepare_for_weights
 from detcli.checkpoint import load_with_fallback
 from detcli.config import config_diff, default_config, diff_table
 from detcli.data.collate import pad_value
@@ -21,6 +21,7 @@ from detcli.engine.trainer import Trainer
 from detcli.errors import CheckpointError
 from detcli.tasks.common import command_overrides, log, overlay, run_dir, save_yaml
 from detcli.visualization.report import write_report
+from detcli.weights.transfer import transfer
 
 # parts of the config that fix the model's structure: a resumed run must not change them
 STRUCTURE = ("backbone", "neck", "head")
@@ -54,7 +55,7 @@ def run(cfg: DictConfig) -> float:
     model = build_model(cfg, num_classes=data.num_classes)
     meta = {"class_names": data.class_names, "cat_ids": data.cat_ids}
     if weights is not None:
-        summary = start_from(model, weights, data.class_names)
+        summary = transfer(model, weights, data.class_names)
         if is_main_process():
             (out / "weights.json").write_text(json.dumps(summary, indent=1) + "\n")
     log.info("data: %d train / %d val images, %d classes %s", len(train_set), len(val_set), data.num_classes,
