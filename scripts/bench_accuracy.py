@@ -93,7 +93,7 @@ def run_one(name: str, data: Path, args, cache: Path) -> dict | None:
     if name == "ultralytics":
         return run_ultralytics(data, args, cache, run_dir)
     tree = before_tree(args.before_tree, cache, args.before) if name == "before" else ROOT
-    return run_detcli(name, tree, data, args, run_dir)
+    return run_detcli(name, tree, data, args, run_dir, extra=(f"seed={args.seed}",) if args.seed else ())
 
 
 def main() -> None:
@@ -108,6 +108,8 @@ def main() -> None:
     p.add_argument("--runs", default=None, help=f"comma list of {', '.join(RUNS)} (default: the first five)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
+    p.add_argument("--seed", type=int, default=0,
+                   help="every run's seed (detcli seed=, ultralytics seed=): a second seed for the runs' spread")
     p.add_argument("--workers", type=int, default=2, help="data loader workers (detcli data.num_workers)")
     p.add_argument("--dataset", choices=("trees", "pasted"), default="trees",
                    help="trees: the deepforest tiles; pasted: objects from skimage's photos on real backgrounds "

@@ -18,7 +18,8 @@ check says so (DETCLI_CPU_BF16=1 / 0 takes the CPU as having them or not).
 The data: the NEON tree-crown tiles of scripts/bench_accuracy.py (the deepforest 2.1.0 wheel's four annotated
 aerial images cut into 400 px tiles: train 133 tiles, 2281 boxes; val 13 tiles, 451 boxes), built and
 cached by its functions (scripts/benchkit/datasets.py; runs/bench/cache/deepforest_trees_400, or `--cache`);
-each run is its `run_detcli` (scripts/benchkit/runs.py: a `python -m detcli train` subprocess given only the
+`--dataset pasted` runs on bench_accuracy's second set instead (3,000 training and 500 val images, 10 classes:
+scripts/benchkit/pasted.py), whose val split moves less between seeds than the 13 val tiles; each run is its `run_detcli` (scripts/benchkit/runs.py: a `python -m detcli train` subprocess given only the
 data, length, batch and size).
 
     python scripts/check_cpu_precision.py --experiment yolox_tiny --steps 1500 --threads 2   # ~17 min on 2 cores
@@ -26,6 +27,7 @@ data, length, batch and size).
     python scripts/check_cpu_precision.py --head yolox --threads 2
     python scripts/check_cpu_precision.py --experiment yolox_tiny --steps 1500 --reuse   # re-score finished runs
     python scripts/check_cpu_precision.py --experiment yolox_tiny --steps 1500 --seed 0,1,2,3 --reuse  # the mean
+    python scripts/check_cpu_precision.py --experiment yolox_cpu --dataset pasted --steps 1500 --seed 0,1 --workers 1
     python scripts/check_cpu_precision.py --synthetic --steps 2 --size 64 --batch 2   # a smoke run, no network
 
 A yolox_tiny run of 1500 steps takes ~10 min in fp32 on 2 cores of this AMD EPYC (avx512_bf16, no AMX) and
@@ -44,7 +46,8 @@ from pathlib import Path
 import torch
 
 from benchkit.common import ROOT, report_rows
-from benchkit.datasets import dataset, dataset_stats
+from benchkit.datasets import dataset, dataset_stats, tree_wheel
+from benchkit.pasted import prepare_pasted
 from benchkit.runs import run_detcli, train_img_per_s
 from detcli.build import load_checkpoint_config
 from detcli.device import resolve_precision
@@ -136,7 +139,7 @@ def check_seed(seed: int, data: Path, stats: dict, args) -> dict:
               verdict(evals["bf16"]["fp32"], evals["bf16"]["default"], "inference default vs fp32, bf16-trained model")]
     model = f"experiment={args.experiment}" if args.experiment else f"{args.head.upper()}-R18"
     show(results, evals, checks, f"{model} from scratch, seed {seed}, {args.steps} steps x {args.batch} x {args.size} "
-                                 f"px, tree crowns ({stats['val']['boxes']} val boxes), cpu, "
+                                 f"px, {'tree crowns' if args.dataset == 'trees' else 'pasted objects'} ({stats['val']['boxes']} val boxes), cpu, "
                                  f"{torch.get_num_threads()} thread(s)")
     return {"runs": results, "evals": evals, "verdicts": checks, "speed": speed}
 
@@ -177,6 +180,8 @@ def main() -> None:
     p.add_argument("--head", default="fcos", choices=list(HEADS))
     p.add_argument("--experiment", default=None, help="a preset instead of --head on resnet18 (e.g. yolox_tiny)")
     p.add_argument("--workers", type=int, default=2, help="data loader workers (detcli data.num_workers)")
+    p.add_argument("--dataset", choices=("trees", "pasted"), default="trees",
+                   help="the tree-crown tiles (13 val tiles) or bench_accuracy's pasted set (500 val images)")
     p.add_argument("--tile", type=int, default=400, help="tile side in source pixels")
     p.add_argument("--wheel", type=Path, default=None, help="the deepforest 2.1.0 wheel (else pip download)")
     p.add_argument("--synthetic", action="store_true", help="a generated stand-in for the wheel (smoke test)")
@@ -191,7 +196,9 @@ def main() -> None:
     seeds = [int(s) for s in str(args.seed).split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = dataset(args, args.cache.resolve())
+    cache = args.cache.resolve()
+    data = dataset(args, cache) if args.dataset == "trees" else \
+        prepare_pasted(cache, tree_wheel(args, cache)[0], synthetic=args.synthetic)
     stats = dataset_stats(data)
     per_seed = {seed: check_seed(seed, data, stats, args) for seed in seeds}
     recorded = {**vars(args), "seed": seeds if len(seeds) > 1 else seeds[0]}

@@ -108,15 +108,15 @@ def backgrounds(files: dict[str, bytes], trees: dict[str, tuple[bytes, bytes]], 
     return out
 
 
-def background(rng: np.random.Generator, images: list):
-    """A SIZE x SIZE crop of a random background at a random scale, tinted where it is grey."""
+def background(rng: np.random.Generator, images: list, size: int = SIZE):
+    """A size x size crop of a random background at a random scale, tinted where it is grey."""
     from PIL import Image, ImageOps
 
     image = images[rng.integers(len(images))]
     w, h = image.size
     side = int(rng.uniform(0.3, 1.0) * min(w, h))
     x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
-    crop = image.crop((x, y, x + side, y + side)).resize((SIZE, SIZE), Image.BILINEAR)
+    crop = image.crop((x, y, x + side, y + side)).resize((size, size), Image.BILINEAR)
     grey = np.asarray(crop).std(2).mean() < 2
     if grey:  # a grey texture: mapped between two random colours
         dark, light = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
@@ -171,21 +171,27 @@ def area(boxes: np.ndarray) -> np.ndarray:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
-def compose(rng: np.random.Generator, photos: dict, bgs: list):
-    """One image (RGB) and its objects: boxes (n, 4) x1y1x2y2 and labels (n,) indices into CLASSES."""
-    image = background(rng, bgs)
-    boxes, labels = np.zeros((0, 4)), []
+def paste_objects(rng: np.random.Generator, image, photos: list, boxes: np.ndarray, labels: list,
+                  patch=object_patch, inside: bool = False):
+    """1 to 6 more objects cut by `patch` (object_patch's signature) pasted on `image` (RGB, square), each drawn
+    again (up to 10 times) where it would cover more than MAX_OVERLAP of a box already there; `inside`: wholly
+    inside the image, else up to a quarter of its side past an edge (its box clipped; under MIN_VISIBLE of it
+    left in the image: drawn again). The image and its boxes (n, 4) x1y1x2y2 and labels (n,) indices into CLASSES."""
+    size = image.width
     for _ in range(rng.integers(1, 7)):
         for _attempt in range(10):
             label = int(rng.integers(len(CLASSES)))
-            rgb, mask = object_patch(rng, *photos[label])
-            x = int(rng.integers(-rgb.width // 4, SIZE - 3 * rgb.width // 4 + 1))
-            y = int(rng.integers(-rgb.height // 4, SIZE - 3 * rgb.height // 4 + 1))
+            rgb, mask = patch(rng, *photos[label])
+            if inside:
+                x, y = int(rng.integers(0, size - rgb.width + 1)), int(rng.integers(0, size - rgb.height + 1))
+            else:
+                x = int(rng.integers(-rgb.width // 4, size - 3 * rgb.width // 4 + 1))
+                y = int(rng.integers(-rgb.height // 4, size - 3 * rgb.height // 4 + 1))
             bbox = mask.getbbox()
             if bbox is None:
                 continue
             full = np.array([x + bbox[0], y + bbox[1], x + bbox[2], y + bbox[3]], dtype=np.float64)
-            clipped = np.clip(full, 0, SIZE)
+            clipped = np.clip(full, 0, size)
             if area(clipped) < MIN_VISIBLE * area(full) or (len(boxes) and overlap(clipped, boxes).max() > MAX_OVERLAP):
                 continue
             image.paste(rgb, (x, y), mask)
@@ -194,8 +200,15 @@ def compose(rng: np.random.Generator, photos: dict, bgs: list):
     return image, boxes, labels
 
 
-def build_split(files: dict, trees: dict, split: str, count: int, images: Path) -> dict:
-    """`count` composed images of the split written as JPEG into `images`; the COCO instances dict."""
+def compose(rng: np.random.Generator, photos: list, bgs: list, size: int = SIZE, patch=object_patch):
+    """One image (RGB, size x size) on a background of `bgs` and its objects (paste_objects)."""
+    return paste_objects(rng, background(rng, bgs, size), photos, np.zeros((0, 4)), [], patch)
+
+
+def build_split(files: dict, trees: dict, split: str, count: int, images: Path, compose=compose,
+                size: int = SIZE) -> dict:
+    """`count` images of the split made by `compose` (rng, photos, backgrounds -> image, boxes, labels) written as
+    JPEG into `images`; the COCO instances dict."""
     rng = np.random.default_rng(SEEDS[split])
     photos = [(open_rgba(files[v if isinstance(v, str) else v[split]]), name in SILHOUETTES)
               for name, v in CLASSES.items()]
@@ -206,7 +219,7 @@ def build_split(files: dict, trees: dict, split: str, count: int, images: Path) 
         image, boxes, labels = compose(rng, photos, bgs)
         name = f"{split}_{image_id:05d}.jpg"
         image.save(images / name, format="JPEG", quality=90)
-        coco["images"].append({"id": image_id, "file_name": name, "width": SIZE, "height": SIZE})
+        coco["images"].append({"id": image_id, "file_name": name, "width": size, "height": size})
         for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels):
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": label + 1,

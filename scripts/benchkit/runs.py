@@ -17,7 +17,7 @@ from pathlib import Path
 from benchkit.common import ROOT
 from benchkit.datasets import data_overrides
 
-PRESETS = ("yolox_nano", "yolox_tiny", "yolox_r18", "fcos_lite")  # experiment=<name>: their own backbones
+PRESETS = ("yolox_cpu", "yolox_nano", "yolox_tiny", "yolox_r18", "fcos_lite")  # experiment=<name>: their own backbones
 RUNS = ("before", "after", "torchvision", "yolox", "ultralytics", *PRESETS)
 # the detcli runs that differ from the current defaults
 EXTRA_OVERRIDES = {"yolox": ["head=yolox"], **{p: [f"experiment={p}"] for p in PRESETS}}
