@@ -196,7 +196,8 @@ class DetectionData:
         self.hsv = list(hsv) if hsv is not None else None
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = worker_count(num_workers)
+        self.workers = num_workers  # the setting: auto resolves per loader, by the device the model runs on
+        self.num_workers = worker_count(num_workers)  # checked here; the count where the device is not known
         self.pin_memory = pin_memory and torch.cuda.is_available()
 
     categories: list[dict]
@@ -273,26 +274,27 @@ class DetectionData:
         return ds
 
     def train_loader(self, dataset: DetectionDataset, seed: int, rank: int = 0, world_size: int = 1,
-                     pad_value: tuple = PAD_VALUE) -> DataLoader:
-        """pad_value: RGB 0-255 the batches are padded with; give the model's mean (collate.pad_value)."""
+                     pad_value: tuple = PAD_VALUE, device=None) -> DataLoader:
+        """pad_value: RGB 0-255 the batches are padded with; give the model's mean (collate.pad_value).
+        device: where the model runs (data.num_workers=auto: no worker processes on a CPU)."""
         sampler = EpochSampler(len(dataset), seed, shuffle=True, rank=rank, world_size=world_size)
         base = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
         multiscale = (*self.multiscale, base) if self.multiscale else None
         return self._loader(dataset, sampler, self.batch_size, drop_last=True, pad_value=pad_value,
-                            multiscale=multiscale)
+                            multiscale=multiscale, device=device)
 
     def val_loader(self, dataset: DetectionDataset, rank: int = 0, world_size: int = 1,
-                   pad_value: tuple = PAD_VALUE) -> DataLoader:
+                   pad_value: tuple = PAD_VALUE, device=None) -> DataLoader:
         sampler = EpochSampler(len(dataset), 0, shuffle=False, rank=rank, world_size=world_size)
-        return self._loader(dataset, sampler, self.val_batch_size, drop_last=False, pad_value=pad_value)
+        return self._loader(dataset, sampler, self.val_batch_size, drop_last=False, pad_value=pad_value, device=device)
 
     def _loader(self, dataset, sampler, batch_size: int, drop_last: bool,
-                pad_value: tuple = PAD_VALUE, multiscale: tuple | None = None) -> DataLoader:
+                pad_value: tuple = PAD_VALUE, multiscale: tuple | None = None, device=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=worker_count(self.workers, device=device) if device is not None else self.num_workers,
             collate_fn=Collate(self.size_divisible, pad_value, canvas_size(self.image_size, self.letterbox), multiscale),
             pin_memory=self.pin_memory,
             drop_last=drop_last,

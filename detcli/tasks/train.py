@@ -65,8 +65,10 @@ def run(cfg: DictConfig) -> float:
     rank, world = int(os.environ.get("RANK", "0")), world_size()
     logger = instantiate_group("logger", cfg.logger, run_dir=out) if is_main_process() else None
     pad = pad_value(model.pixel_mean)  # padding is 0 after the model's normalisation
-    trainer = Trainer(cfg, model, data.train_loader(train_set, int(cfg.seed), rank, world, pad_value=pad),
-                      data.val_loader(val_set, rank, world, pad_value=pad), out, device, meta, logger,
+    train_loader = data.train_loader(train_set, int(cfg.seed), rank, world, pad_value=pad, device=device)
+    log.info("data loader: %d worker process(es) (data.num_workers=%s)", train_loader.num_workers, cfg.data.num_workers)
+    trainer = Trainer(cfg, model, train_loader, data.val_loader(val_set, rank, world, pad_value=pad, device=device),
+                      out, device, meta, logger,
                       hooks=[ReportHook()] if cfg.trainer.get("report", True) else [])
     if ckpt is not None:
         trainer.load_state_dict(ckpt)

@@ -2,6 +2,7 @@
 config."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from conftest import detcli
 from PIL import Image
 
 from detcli.data.coco import CocoData
-from detcli.data.transforms import mosaic
+from detcli.data.transforms import HSVJitter, mosaic
 
 
 def squares(tmp_path, n=6):
@@ -103,6 +104,25 @@ def test_hsv_jitter_changes_colour_not_boxes_and_the_sample_seed_fixes_it(tmp_pa
     assert grey[0] == grey[1] == grey[2]
     with pytest.raises(Exception, match="data.hsv"):
         CocoData(train_ann=str(tmp_path / "ann.json"), train_images=str(tmp_path), hsv=[0.7, 0.5, 0.5])
+
+
+def test_hsv_matrix_is_torchvisions_value_and_saturation_gains():
+    """The one colour matrix against torchvision's adjust_brightness then adjust_saturation on pixels none of
+    them clips (the matrix clamps once, at the end); a quarter turn of hue maps a pure red into the red-green
+    quadrant (r = g) keeping r + g + b."""
+    from torchvision.transforms.v2 import functional as F
+
+    image = torch.randint(60, 160, (3, 16, 16), dtype=torch.uint8)
+    jitter = HSVJitter(0.0, 0.5, 0.5)
+    ours = jitter.transform(image, {"value": 1.2, "saturation": 0.7, "angle": 0.0})
+    theirs = F.adjust_saturation(F.adjust_brightness(image, 1.2), 0.7)
+    assert (ours.int() - theirs.int()).abs().max() <= 2  # torchvision rounds to uint8 after each gain and its grey
+    red = torch.zeros(3, 1, 1)
+    red[0] = 90.0
+    turned = jitter.transform(red, {"value": 1.0, "saturation": 1.0, "angle": math.pi / 3})  # (3, 1, 1)
+    r, g, b = turned.flatten().tolist()
+    assert r == pytest.approx(60.0, abs=1e-4) and g == pytest.approx(60.0, abs=1e-4)  # 60 degrees: red turns to yellow
+    assert turned.sum() == pytest.approx(90.0, abs=1e-4)  # a rotation about the grey axis keeps r + g + b
 
 
 def test_decoded_cache_gives_the_same_samples(tmp_path):

@@ -54,3 +54,11 @@ def test_the_format_configs_default_to_auto(data, monkeypatch):
     with pytest.raises(ConfigError, match="data.num_workers"):
         instantiate_group("data", bad.data)
     assert isinstance(toy.data.num_workers, int)  # the toy preset keeps its own small value
+
+
+def test_auto_is_no_worker_where_the_model_runs_on_a_cpu(monkeypatch):
+    """On a CPU the model's threads use every core: the main process loads between steps (an int is kept)."""
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert worker_count("auto", device="cpu") == 0 and worker_count("auto", device="cuda:0") == 8
+    assert worker_count(3, device="cpu") == 3
