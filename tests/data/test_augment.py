@@ -122,6 +122,7 @@ def test_hsv_matrix_is_torchvisions_value_and_saturation_gains():
     turned = jitter.transform(red, {"value": 1.0, "saturation": 1.0, "angle": math.pi / 3})  # (3, 1, 1)
     r, g, b = turned.flatten().tolist()
     assert r == pytest.approx(60.0, abs=1e-4) and g == pytest.approx(60.0, abs=1e-4)  # 60 degrees: red turns to yellow
+    assert b == pytest.approx(-30.0, abs=1e-4)  # (1 - cos) / 3 - sin / sqrt(3) = -1/3 of red; uint8 images clamp it
     assert turned.sum() == pytest.approx(90.0, abs=1e-4)  # a rotation about the grey axis keeps r + g + b
 
 

@@ -198,11 +198,13 @@ def _wall_clock_args(runs: str) -> list[str]:
 
 @pytest.mark.serial
 def test_accuracy_at_equal_wall_clock_runs_a_preset_under_the_time_limit(tmp_path, cache_dir):
-    """--wall-clock: a preset trains for the time (trainer.time_limit) and is scored once, at the end."""
-    proc = run_script("bench_accuracy.py", *_wall_clock_args("yolox_nano"), cwd=tmp_path, home=tmp_path / "home")
+    """--wall-clock: a preset trains for the time (trainer.time_limit) and is scored once, at the end; --seed
+    reaches it."""
+    proc = run_script("bench_accuracy.py", *_wall_clock_args("yolox_cpu"), "--seed", "1", cwd=tmp_path,
+                      home=tmp_path / "home")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = json.loads((tmp_path / "out.json").read_text())["runs"]["yolox_nano"]
-    assert {"experiment=yolox_nano", "trainer.time_limit=0.2m"} <= set(run["overrides"])
+    run = json.loads((tmp_path / "out.json").read_text())["runs"]["yolox_cpu"]
+    assert {"experiment=yolox_cpu", "trainer.time_limit=0.2m", "seed=1"} <= set(run["overrides"])
     assert "backbone=resnet18" not in run["overrides"] and run["steps"] > 2 and 0 <= run["map"] <= 1
     ckpt = torch.load(Path(run["run_dir"]) / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     # the limit was applied (its 5 % precision is test_time_limit's; a 12 s run on a shared 2-core box drifts more)
