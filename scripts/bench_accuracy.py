@@ -110,7 +110,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
     p.add_argument("--seed", type=int, default=0,
                    help="every run's seed (detcli seed=, ultralytics seed=): a second seed for the runs' spread")
-    p.add_argument("--workers", type=int, default=2, help="data loader workers (detcli data.num_workers)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data loader workers (detcli data.num_workers; default: its auto, none when training on a CPU)")
     p.add_argument("--dataset", choices=("trees", "pasted"), default="trees",
                    help="trees: the deepforest tiles; pasted: objects from skimage's photos on real backgrounds "
                         "(benchkit/pasted.py; use --size 256, its image size)")

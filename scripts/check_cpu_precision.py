@@ -179,7 +179,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
     p.add_argument("--head", default="fcos", choices=list(HEADS))
     p.add_argument("--experiment", default=None, help="a preset instead of --head on resnet18 (e.g. yolox_tiny)")
-    p.add_argument("--workers", type=int, default=2, help="data loader workers (detcli data.num_workers)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data loader workers (detcli data.num_workers; default: its auto, none when training on a CPU)")
     p.add_argument("--dataset", choices=("trees", "pasted"), default="trees",
                    help="the tree-crown tiles (13 val tiles) or bench_accuracy's pasted set (500 val images)")
     p.add_argument("--tile", type=int, default=400, help="tile side in source pixels")

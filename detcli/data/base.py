@@ -294,7 +294,7 @@ class DetectionData:
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=worker_count(self.workers, device=device) if device is not None else self.num_workers,
+            num_workers=worker_count(self.workers, device=device),
             collate_fn=Collate(self.size_divisible, pad_value, canvas_size(self.image_size, self.letterbox), multiscale),
             pin_memory=self.pin_memory,
             drop_last=drop_last,

@@ -197,7 +197,8 @@ def train_ultralytics(view: Path, epochs: int, args, run_dir: Path, record: Trai
     model = YOLO("yolov8n.yaml")  # random init
     record.attach(model)
     model.train(data=str(view / "data.yaml"), epochs=epochs, imgsz=args.size, batch=args.batch,
-                device=ultralytics_device(args.device), workers=args.workers, pretrained=False, plots=False,
+                device=ultralytics_device(args.device), pretrained=False, plots=False,
+                **({"workers": args.workers} if args.workers is not None else {}),
                 amp=args.device.startswith("cuda"), val=False, project=str(run_dir.parent), name=run_dir.name,
                 exist_ok=True, seed=getattr(args, "seed", 0), **({"time": args.wall_clock / 60} if args.wall_clock else {}))
     return run_dir / "weights" / "last.pt"

@@ -65,7 +65,7 @@ def run_detcli(name: str, tree: Path, data: Path, args, run_dir: Path, extra: tu
     length = ([f"trainer.time_limit={args.wall_clock:g}m", f"trainer.eval_interval={10**9}"] if args.wall_clock
               else [f"trainer.max_steps={args.steps}", f"trainer.eval_interval={args.steps}"])
     overrides = [*data_overrides(data), f"data.image_size={args.size}", f"data.batch_size={args.batch}",
-                 f"data.num_workers={args.workers}",
+                 *([f"data.num_workers={args.workers}"] if args.workers is not None else []),  # else auto
                  *([] if name in PRESETS or any(e.startswith("experiment=") for e in extra) else ["backbone=resnet18"]),
                  *length, f"trainer.device={args.device}", *EXTRA_OVERRIDES.get(name, []), *extra]
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))

@@ -113,3 +113,16 @@ def test_yolox_brings_mosaic_over_any_data_and_overrides_win():
     assert compose_train("head=yolox", "data.mosaic=0").data.mosaic == 0
     toy = compose_train("experiment=toy", "head=yolox").data  # experiment/toy.yaml: no mosaic, whatever the head
     assert toy.mosaic == 0.0 and toy.close_mosaic == 0
+
+
+def test_task_aligned_assigner_is_one_option_away_and_trains():
+    """loss/assigner=tal swaps SimOTA for task-aligned assignment: a training step gives finite losses, also
+    on an image without boxes."""
+    cfg = compose_train("head=yolox", "loss/assigner=tal", "backbone=resnet10t")
+    assert cfg.loss.assigner._target_.endswith("TaskAlignedAssigner")
+    model = build_model(cfg, num_classes=3).train()
+    images = torch.rand(2, 3, 128, 160) * 255
+    targets = {"boxes": torch.tensor([[[10.0, 20, 60, 90]], [[0, 0, 0, 0]]]), "labels": torch.tensor([[1], [-1]])}
+    losses = model(images, targets)
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
