@@ -1,7 +1,8 @@
-"""YOLOX criterion: SimOTA assignment, then an IoU loss on matched boxes, BCE objectness on every point,
-BCE classification with IoU-aware targets on positives, and an L1 term on the raw offsets in the last
-epochs without strong augmentation; each summed and divided by the number of positives (averaged over
-ranks under DDP). Dense and masked: no host sync, no per-image loop.
+"""YOLOX criterion: SimOTA assignment (or any assigner of the same contract: assigners/tal.py), then an IoU
+loss on matched boxes, BCE objectness on every point, BCE classification with IoU-aware targets on positives
+(the assigner's soft target), and an L1 term on the raw offsets in the last epochs without strong
+augmentation; each summed and divided by the number of positives (averaged over ranks under DDP). Dense and
+masked: no host sync, no per-image loop.
 
 Naming: B = images, R = points, C = classes, M = gt boxes per image (padded).
 """
