@@ -120,6 +120,7 @@ def test_task_aligned_assigner_is_one_option_away_and_trains():
     on an image without boxes."""
     cfg = compose_train("head=yolox", "loss/assigner=tal", "backbone=resnet10t")
     assert cfg.loss.assigner._target_.endswith("TaskAlignedAssigner")
+    assert compose_train("experiment=yolox_cpu").loss.assigner._target_ == cfg.loss.assigner._target_
     model = build_model(cfg, num_classes=3).train()
     images = torch.rand(2, 3, 128, 160) * 255
     targets = {"boxes": torch.tensor([[[10.0, 20, 60, 90]], [[0, 0, 0, 0]]]), "labels": torch.tensor([[1], [-1]])}
