@@ -49,13 +49,15 @@ class DetectionDataset(Dataset):
     meta holds image_id, file_name, orig_size (H, W) and the original gt for evaluation. In training,
     `mosaic` / `mixup` are the probabilities of a YOLOX mosaic of four images (on a 2 * mosaic_size
     canvas) and of mixing it with a second mosaic; `set_epoch` turns them off for the last
-    `close_mosaic` epochs. `cache=True` reads every image file into memory once (shared with the workers);
+    `close_mosaic` epochs, and mixup off in a run shorter than `mixup_min_epochs`. `cache=True` reads every
+    image file into memory once (shared with the workers);
     `cache="decoded"` keeps the images decoded instead, each at most `mosaic_size` on its longer side (no
     decoding, and no resize for a mosaic, per epoch; the boxes follow through the load scale).
     """
 
     def __init__(self, records: list[ImageRecord], image_dir: str | Path, transforms, train: bool,
                  mosaic: float = 0.0, mixup: float = 0.0, mosaic_size: int = 640, close_mosaic: float = 0,
+                 mixup_min_epochs: float = 0,
                  cache: bool | str = False):
         self.records = records
         self.image_dir = Path(image_dir).expanduser()
@@ -63,6 +65,8 @@ class DetectionDataset(Dataset):
         self.train = train
         self.mosaic, self.mixup, self.mosaic_size, self.close_mosaic = mosaic, mixup, mosaic_size, close_mosaic
         self.mosaic_on = mosaic > 0
+        self.mixup_min_epochs = mixup_min_epochs
+        self.mixup_on = True  # until set_epoch knows the run's length
         self.final_phase = False
         paths = [self.image_dir / r.file_name for r in records]
         if cache == "decoded" and not fits_in_memory(records, mosaic_size):
@@ -78,6 +82,11 @@ class DetectionDataset(Dataset):
         close = self.close_mosaic if self.close_mosaic >= 1 else math.ceil(self.close_mosaic * epochs)
         self.final_phase = close > 0 and epoch >= epochs - close
         self.mosaic_on = self.mosaic > 0 and not self.final_phase
+        mixup_on = epochs >= self.mixup_min_epochs  # mixup regularises long runs; a short one underfits with it
+        if self.mixup > 0 and self.mixup_min_epochs > 0 and mixup_on != self.mixup_on:
+            log.info("data.mixup %s from epoch %d: the run is %d epochs long as now known (%s data.mixup_min_epochs=%g)",
+                     "on" if mixup_on else "off", epoch, epochs, ">=" if mixup_on else "<", self.mixup_min_epochs)
+        self.mixup_on = mixup_on
 
     def __len__(self) -> int:
         return len(self.records)
@@ -112,7 +121,7 @@ class DetectionDataset(Dataset):
             g = torch.Generator().manual_seed(sample_seed if sample_seed is not None else i)
             if self.train and self.mosaic_on and torch.rand((), generator=g) < self.mosaic:
                 image, boxes, labels = self._mosaic(i, g)
-                if torch.rand((), generator=g) < self.mixup:
+                if torch.rand((), generator=g) < (self.mixup if self.mixup_on else 0.0):  # drawn either way
                     other = int(torch.randint(len(self), (), generator=g))
                     image, boxes, labels = mixup((image, boxes, labels), self._mosaic(other, g))
                 scale = np.ones(4, dtype=np.float32)
@@ -168,6 +177,7 @@ class DetectionData:
         mosaic: float = 0.0,
         mixup: float = 0.0,
         close_mosaic: float = 0,
+        mixup_min_epochs: float = 0,
         multiscale: list[int] | None = None,
         cache: bool | str = False,
         duplicates: dict | None = None,
@@ -181,7 +191,8 @@ class DetectionData:
         if multiscale is not None and (len(multiscale) != 2 or not 0 < multiscale[0] <= multiscale[1]):
             raise ConfigError(f"data.multiscale must be null or [min, max] sides with 0 < min <= max, got {multiscale}")
         self.multiscale = tuple(int(v) for v in multiscale) if multiscale is not None else None
-        self.augment = {"mosaic": mosaic, "mixup": mixup, "close_mosaic": close_mosaic}
+        self.augment = {"mosaic": mosaic, "mixup": mixup, "close_mosaic": close_mosaic,
+                        "mixup_min_epochs": mixup_min_epochs}
         if cache not in (False, True, "decoded"):
             raise ConfigError(f"data.cache must be false, true (the image files in memory) or decoded (the training "
                               f"images decoded in memory), got {cache!r}")

@@ -22,7 +22,9 @@ def test_yolox_multipliers_and_sizes():
     assert (r18.data.mosaic, r18.data.mixup, r18.data.close_mosaic) == (1.0, 1.0, 0.1)  # YOLOX-s's augmentation
     cpu = compose_train("experiment=yolox_cpu")  # nano's widths and backbone, dense convs, tiny's recipe
     assert (cpu.neck.width, cpu.neck.depth, cpu.neck.depthwise, cpu.head.depthwise) == (0.25, 0.33, False, False)
-    assert cpu.backbone.model_kwargs == nano.backbone.model_kwargs and cpu.data == tiny.data
+    assert cpu.backbone.model_kwargs == nano.backbone.model_kwargs
+    assert (cpu.data.mixup, cpu.data.mixup_min_epochs) == (1.0, 100)  # mixup in long runs only
+    assert {**cpu.data, "mixup": 0.0, "mixup_min_epochs": 0} == {**tiny.data}
     sizes = {name: sum(p.numel() for p in build_model(compose_train(f"experiment={name}"), 80).parameters())
              for name in ("yolox_cpu", "yolox_nano", "yolox_tiny", "yolox_s", "fcos_lite")}
     # YOLOX's published sizes at 80 classes: nano 0.91M, tiny 5.06M, s 9.0M (timm's CSP-Darknet has no SPP

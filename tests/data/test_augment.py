@@ -2,6 +2,7 @@
 config."""
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -87,6 +88,24 @@ def test_close_mosaic_turns_it_off_for_the_last_epochs(tmp_path):
     assert ds.mosaic_on and not ds.final_phase
     ds.set_epoch(67, 75)
     assert not ds.mosaic_on and ds.final_phase
+
+
+def test_mixup_min_epochs_keeps_mixup_to_long_runs(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    data = squares(tmp_path)
+    data.augment.update(mixup=1.0, mixup_min_epochs=100)
+    ds = data.dataset("train")
+    ds.set_epoch(0, 12)  # a time-limited run before its steps are measured: the configured length
+    assert not ds.mixup_on and ds.mosaic_on
+    short = ds[(0, 5)]
+    ds.set_epoch(1, 330)
+    assert ds.mixup_on and "data.mixup on from epoch 1" in caplog.text
+    mixed = ds[(0, 5)]
+    assert len(mixed[1]["labels"]) > len(short[1]["labels"])  # the second mosaic's squares join the first's
+    data.augment.update(mixup=0.0, mixup_min_epochs=0)
+    plain = data.dataset("train")
+    plain.set_epoch(0, 12)
+    assert torch.equal(plain[(0, 5)][0], short[0])  # mixup off draws as mixup=0 does: the same samples
 
 
 def test_hsv_jitter_changes_colour_not_boxes_and_the_sample_seed_fixes_it(tmp_path):
